@@ -1,0 +1,250 @@
+"""Attention interventions of VideoDirector, each a small processor over named layers.
+
+* :class:`RecordingProcessor` (stage 1): records temporal attention probabilities and spatial
+  self-attention keys, with autograd, for STDG (paper Eqs. 2-3).
+* :class:`SelfControlProcessor` (stage 2): SA-I and SA-II (paper Eq. 6).
+* :class:`CrossControlProcessor` (stage 2): prompt-to-prompt refine/replace/reweight
+  (paper Eq. 7) and the maps for an optional local blend.
+
+The stage-2 batch is ``[edit-uncond, edit-cond, recon-uncond, recon-cond]``
+(:class:`~videodirector.attention.processors.Branches`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .processors import AttentionLayer, Branches, Clock, ControlProcessor, StopForward, merge_heads
+
+
+# --------------------------------------------------------------------------- stage 1: recording
+
+
+class FeatureRecorder:
+    """Holds what the STDG losses asked for, keyed by layer name, for one forward at a time."""
+
+    def __init__(self, temporal: list[AttentionLayer], appearance: list[AttentionLayer]) -> None:
+        self.temporal = {l.name for l in temporal}
+        self.appearance = {l.name for l in appearance}
+        wanted = [*temporal, *appearance]
+        # the last layer the forward reaches, for the early exit of feature-only forwards
+        self.last = max(wanted, key=lambda l: _call_rank(l)).name if wanted else None
+        self.active = False
+        self.stop_early = False
+        self.store: dict[str, Tensor] = {}
+
+    @contextmanager
+    def capture(self, stop_early: bool = False) -> Iterator[dict[str, Tensor]]:
+        """Record during the enclosed forward; with ``stop_early`` the forward ends after the last feature."""
+        self.store = {}
+        self.active, self.stop_early = True, stop_early
+        try:
+            yield self.store
+        except StopForward:
+            pass
+        finally:
+            self.active, self.stop_early = False, False
+
+
+def _call_rank(layer: AttentionLayer) -> tuple[int, int, int]:
+    from .processors import _order_key
+
+    return _order_key(layer.name)[:3]
+
+
+class RecordingProcessor(ControlProcessor):
+    """Plain attention that also records, while its recorder is active:
+
+    * temporal layers: probabilities ``softmax(Q Kᵀ / sqrt(d))`` of shape ``(B·h·w, heads, F, F)``;
+    * spatial self-attention layers: the key ``to_k(norm1(h))`` of shape ``(B·F, h·w, C)``.
+    """
+
+    def __init__(self, layer: AttentionLayer, recorder: FeatureRecorder) -> None:
+        super().__init__(layer)
+        self.recorder = recorder
+
+    def attend(self, attn, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # noqa: ANN001
+        rec = self.recorder
+        name = self.layer.name
+        if not rec.active:
+            return F.scaled_dot_product_attention(query, key, value)
+        if name in rec.temporal:
+            probs = torch.softmax(query @ key.transpose(-1, -2) * attn.scale, dim=-1)
+            rec.store[name] = probs
+            out = probs @ value
+        else:
+            if name in rec.appearance:
+                rec.store[name] = merge_heads(key)
+            out = F.scaled_dot_product_attention(query, key, value)
+        if rec.stop_early and name == rec.last:
+            raise StopForward
+        return out
+
+
+# --------------------------------------------------------------------------- stage 2: schedule
+
+
+@dataclass(frozen=True)
+class EditSchedule:
+    """Where and when each stage-2 control acts, compiled from fractions once (spec §6.2-6.3)."""
+
+    sa1_steps: range
+    sa2_steps: range
+    sa2_layers: range  # spatial self-attention indices, call order
+    sa1_max_tokens: int
+    cross_steps: range
+    cross_layers: range  # cross-attention indices, call order
+
+    @classmethod
+    def build(cls, num_steps: int, tau_s: float, tau_c: float, mutual_layers: list[int],
+              mutual_end_step: int | None, cross_layers: list[int], sa1_max_tokens: int,
+              sa1: bool = True, sa2: bool = True, cross: bool = True) -> "EditSchedule":
+        split = int(num_steps * tau_s)
+        end = num_steps if mutual_end_step is None else min(mutual_end_step, num_steps)
+        return cls(
+            sa1_steps=range(0, split) if sa1 else range(0),
+            sa2_steps=range(split, end) if sa2 else range(0),
+            sa2_layers=range(*mutual_layers),
+            sa1_max_tokens=sa1_max_tokens,
+            # prompt-to-prompt: alpha table of T + 1 rows, ones on [0, int((T + 1) tau_c))
+            cross_steps=range(0, int((num_steps + 1) * tau_c)) if cross else range(0),
+            cross_layers=range(*cross_layers),
+        )
+
+
+@dataclass
+class EditContext:
+    """Per-edit state shared by the stage-2 processors."""
+
+    clock: Clock
+    schedule: EditSchedule
+    num_frames: int
+    masks_by_tokens: dict[int, Tensor]  # tokens -> (F, tokens) bool, object = True
+    blend_maps: dict[str, Tensor] = field(default_factory=dict)
+
+
+def mutual_self_attention(q_edit: Tensor, k_recon: Tensor, v_recon: Tensor, k_edit: Tensor, v_edit: Tensor,
+                          recon_object: Tensor) -> Tensor:
+    """SA-II (paper Eq. 6, second case): edit queries over ``[K_recon | K_edit]``, ``[V_recon | V_edit]``.
+
+    Reconstruction keys inside the object mask get no weight (the official code's additive
+    ``-inf`` bias, spec §6.2): edit queries read their own tokens and the source *background*.
+
+    Args:
+        q_edit, k_*, v_*: ``(F, heads, N, d)``.
+        recon_object: ``(F, N)`` bool, True on the object.
+    """
+    keys = torch.cat([k_recon, k_edit], dim=2)
+    values = torch.cat([v_recon, v_edit], dim=2)
+    allowed = torch.cat([~recon_object, torch.ones_like(recon_object)], dim=1)  # (F, 2N)
+    return F.scaled_dot_product_attention(q_edit, keys, values, attn_mask=allowed[:, None, None, :])
+
+
+class SelfControlProcessor(ControlProcessor):
+    """SA-I before ``tau_s`` (edit-cond attends with the recon-cond map), SA-II after (on ``sa2_layers``)."""
+
+    def __init__(self, layer: AttentionLayer, ctx: EditContext) -> None:
+        super().__init__(layer)
+        self.ctx = ctx
+
+    def attend(self, attn, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # noqa: ANN001
+        ctx, step, tokens = self.ctx, self.ctx.clock.step, query.shape[2]
+        sdpa = F.scaled_dot_product_attention
+        if query.shape[0] != 4 * ctx.num_frames:
+            return sdpa(query, key, value)
+        sa1 = step in ctx.schedule.sa1_steps and tokens <= ctx.schedule.sa1_max_tokens
+        sa2 = step in ctx.schedule.sa2_steps and self.layer.index in ctx.schedule.sa2_layers
+        if not (sa1 or sa2):
+            return sdpa(query, key, value)
+        q, k, v = Branches.split(query), Branches.split(key), Branches.split(value)
+        out = Branches.split(sdpa(query, key, value))
+        if sa1:
+            # W_recon · V_edit (Eq. 6 first case): the recon-cond map applied to edit-cond values.
+            out.parts["edit_cond"] = sdpa(q["recon_cond"], k["recon_cond"], v["edit_cond"])
+        else:
+            obj = ctx.masks_by_tokens[tokens]
+            for e, r in (("edit_uncond", "recon_uncond"), ("edit_cond", "recon_cond")):
+                out.parts[e] = mutual_self_attention(q[e], k[r], v[r], k[e], v[e], obj)
+        return out.join()
+
+
+class CrossControlProcessor(ControlProcessor):
+    """Prompt-to-prompt on the edit-cond branch with the recon-cond map as base (paper Eq. 7).
+
+    Refine: ``A_e'[:, j] = e_j (a_j A_r[:, mapper_j] + (1 - a_j) A_e[:, j])``;
+    replace: ``A_e' = e · (A_r @ M)``. Applied on ``cross_steps`` and ``cross_layers`` only.
+    """
+
+    def __init__(self, layer: AttentionLayer, ctx: EditContext, mode: str, mapper: Tensor,
+                 alphas: Tensor | None, equalizer: Tensor, blend: "LocalBlend | None" = None) -> None:
+        super().__init__(layer)
+        self.ctx, self.mode = ctx, mode
+        self.mapper, self.alphas, self.equalizer = mapper, alphas, equalizer
+        self.blend = blend
+
+    def attend(self, attn, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # noqa: ANN001
+        ctx, step = self.ctx, self.ctx.clock.step
+        control = step in ctx.schedule.cross_steps and self.layer.index in ctx.schedule.cross_layers
+        record = self.blend is not None and self.blend.wants(query.shape[2])
+        if query.shape[0] != 4 * ctx.num_frames or not (control or record):
+            return F.scaled_dot_product_attention(query, key, value)
+        probs = Branches.split(torch.softmax(query @ key.transpose(-1, -2) * attn.scale, dim=-1))
+        if control:
+            base, edit = probs["recon_cond"], probs["edit_cond"]
+            eq = self.equalizer.to(edit)
+            if self.mode == "replace":
+                new = base @ self.mapper.to(edit)
+            else:
+                a = self.alphas.to(edit)
+                new = base[..., self.mapper.to(edit.device)] * a + edit * (1 - a)
+            probs.parts["edit_cond"] = new * eq
+        if record:
+            self.blend.record(probs["recon_cond"], probs["edit_cond"])
+        return probs.join() @ value
+
+
+class LocalBlend:
+    """Prompt-to-prompt local blend: keep the latent outside the words' cross-attention region.
+
+    Maps of the blend words are summed over cross-attention layers at a quarter of the latent
+    resolution and over steps, max-pooled (3 x 3), normalised per frame and thresholded.
+    """
+
+    def __init__(self, source_tokens: list[int], target_tokens: list[int], tokens: int, latent_hw: tuple[int, int],
+                 threshold: float = 0.3) -> None:
+        self.source_tokens, self.target_tokens = source_tokens, target_tokens
+        self.tokens, self.latent_hw, self.threshold = tokens, latent_hw, threshold
+        self.acc: Tensor | None = None
+
+    def wants(self, tokens: int) -> bool:
+        return tokens == self.tokens
+
+    def record(self, recon_probs: Tensor, edit_probs: Tensor) -> None:
+        # (F, heads, N, 77) -> (F, N) per prompt
+        src = recon_probs[..., self.source_tokens].sum(-1).mean(1) if self.source_tokens else 0
+        tgt = edit_probs[..., self.target_tokens].sum(-1).mean(1) if self.target_tokens else 0
+        m = torch.stack(torch.broadcast_tensors(torch.as_tensor(src, device=edit_probs.device),
+                                                torch.as_tensor(tgt, device=edit_probs.device))).float()
+        self.acc = m if self.acc is None else self.acc + m
+
+    def mask(self) -> Tensor | None:
+        """``(1, 1, F, h, w)`` float mask (1 = may change), or None before any map was recorded."""
+        if self.acc is None:
+            return None
+        h, w = self.latent_hw
+        r = int(round((self.tokens * h / w) ** 0.5))
+        maps = self.acc.reshape(2, -1, 1, r, self.tokens // r)  # (prompt, F, 1, r, c)
+        out = []
+        for m in maps:
+            m = F.max_pool2d(m, 3, 1, padding=1)
+            m = F.interpolate(m, size=(h, w))
+            m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+            out.append(m > self.threshold)
+        mask = (out[0] | out[1]).float()  # (F, 1, h, w)
+        return mask.permute(1, 0, 2, 3).unsqueeze(0)

@@ -1,0 +1,153 @@
+"""Token bookkeeping for prompt-to-prompt: word indices, global alignment, refine/replace mappers.
+
+Pure functions; the tokenizer is an argument (any ``CLIPTokenizer``-like object with
+``encode`` and ``decode``). Token positions include the BOS token at index 0, as the
+text encoder sees them.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+MAX_TOKENS = 77
+_PUNCT = string.punctuation
+
+
+def _norm(word: str) -> str:
+    return word.strip(_PUNCT).lower()
+
+
+def word_token_indices(prompt: str, word: str, tokenizer) -> list[int]:  # noqa: ANN001
+    """Token positions (BOS = 0) of every occurrence of ``word`` in ``prompt``.
+
+    Words are whitespace-separated and compared without surrounding punctuation and case
+    (the official code compares raw ``split(" ")`` words, so "tiger" misses "tiger,"; spec §6.3).
+    """
+    ids = tokenizer.encode(prompt)[1:-1]
+    pieces = [tokenizer.decode([i]).strip().lower() for i in ids]
+    target = _norm(word)
+    out: list[int] = []
+    pos = 0
+    for w in prompt.split():
+        wl = w.lower()
+        acc, start = "", pos
+        while pos < len(pieces) and len(acc) < len(wl.replace(" ", "")):
+            acc += pieces[pos]
+            pos += 1
+        if _norm(w) == target:
+            # keep only the tokens of the word itself, not attached punctuation
+            out.extend(i + 1 for i in range(start, pos) if pieces[i].strip(_PUNCT))
+    return [i for i in out if i < MAX_TOKENS]
+
+
+def require_words(prompt: str, words: list[str], tokenizer, what: str) -> None:  # noqa: ANN001
+    """Raise a one-line :class:`UserError` when a configured word is not in the prompt."""
+    for w in words:
+        if not word_token_indices(prompt, w, tokenizer):
+            raise UserError(f"{what} word {w!r} does not appear in the prompt {prompt!r}; "
+                            f"use a word of that prompt or remove it")
+
+
+def global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, mismatch: int = -1) -> list[int]:
+    """Needleman-Wunsch alignment of token sequences; returns, for each index of ``y``, its aligned
+    index in ``x`` or -1 (prompt-to-prompt's ``ScoreParams(gap=0, match=1, mismatch=-1)``)."""
+    n, m = len(x), len(y)
+    score = [[0] * (m + 1) for _ in range(n + 1)]
+    trace = [[0] * (m + 1) for _ in range(n + 1)]  # 0 diag, 1 up (gap in y), 2 left (gap in x)
+    for i in range(1, n + 1):
+        score[i][0] = i * gap
+        trace[i][0] = 1
+    for j in range(1, m + 1):
+        score[0][j] = j * gap
+        trace[0][j] = 2
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            diag = score[i - 1][j - 1] + (match if x[i - 1] == y[j - 1] else mismatch)
+            up = score[i - 1][j] + gap
+            left = score[i][j - 1] + gap
+            best = max(diag, up, left)
+            score[i][j] = best
+            trace[i][j] = 0 if best == diag else 1 if best == up else 2
+    mapping = [-1] * m
+    i, j = n, m
+    while i > 0 or j > 0:
+        t = trace[i][j]
+        if i > 0 and j > 0 and t == 0:
+            if x[i - 1] == y[j - 1]:
+                mapping[j - 1] = i - 1
+            i, j = i - 1, j - 1
+        elif i > 0 and (j == 0 or t == 1):
+            i -= 1
+        else:
+            j -= 1
+    return mapping
+
+
+def refinement_mapper(source: str, target: str, tokenizer, max_len: int = MAX_TOKENS) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    """Prompt-to-prompt refine mapper.
+
+    Returns ``(mapper, alphas)``, each ``(max_len,)``: target token j reads the source map at
+    ``mapper[j]`` when ``alphas[j] == 1`` (aligned); new tokens have ``alphas[j] = 0``. Positions
+    past the target prompt map to themselves with alpha 1.
+    """
+    x, y = tokenizer.encode(source), tokenizer.encode(target)
+    if len(x) > max_len or len(y) > max_len:
+        raise UserError(f"prompt longer than {max_len} tokens; shorten it")
+    aligned = global_align(x, y)
+    mapper = torch.arange(max_len, dtype=torch.long)
+    alphas = torch.ones(max_len)
+    for j, i in enumerate(aligned):
+        mapper[j] = max(i, 0)
+        alphas[j] = 1.0 if i >= 0 else 0.0
+    return mapper, alphas
+
+
+def replacement_mapper(source: str, target: str, tokenizer, max_len: int = MAX_TOKENS) -> Tensor:  # noqa: ANN001
+    """Prompt-to-prompt replace mapper: a ``(max_len, max_len)`` matrix ``M`` with ``A_e' = A_r @ M``.
+
+    The prompts must have the same number of words; a word that tokenizes to a different number
+    of tokens spreads its attention evenly.
+    """
+    ws, wt = source.split(), target.split()
+    if len(ws) != len(wt):
+        raise UserError(f"replace edits need prompts with the same number of words: source has {len(ws)}, "
+                        f"target has {len(wt)}; use --cross-mode refine")
+    mapper = torch.zeros(max_len, max_len)
+    mapper[0, 0] = 1.0
+    used_t: set[int] = {0}
+    for a, b in zip(ws, wt):
+        si, ti = word_token_indices(source, a, tokenizer), word_token_indices(target, b, tokenizer)
+        if not si or not ti:
+            continue
+        for t in ti:
+            for s in si:
+                mapper[s, t] = 1.0 / len(si)
+            used_t.add(t)
+    n_t = len(tokenizer.encode(target))
+    n_s = len(tokenizer.encode(source))
+    for t in range(max_len):
+        if t not in used_t and t >= n_t - 1:
+            s = min(t - n_t + n_s, max_len - 1)
+            mapper[:, t] = 0.0
+            mapper[s, t] = 1.0
+    for t in range(1, n_t - 1):  # unmatched words (punctuation) map to themselves when possible
+        if mapper[:, t].sum() == 0 and t < n_s:
+            mapper[t, t] = 1.0
+    return mapper
+
+
+def equalizer(target: str, words: list[str], values: list[float], tokenizer, max_len: int = MAX_TOKENS) -> Tensor:  # noqa: ANN001
+    """Per-token reweighting ``e`` (default 1) for the words of the target prompt (paper Eq. 7's ``C``)."""
+    eq = torch.ones(max_len)
+    for w, v in zip(words, values):
+        idx = word_token_indices(target, w, tokenizer)
+        if not idx:
+            raise UserError(f"equalizer word {w!r} does not appear in the target prompt {target!r}; "
+                            "name a word of the target prompt")
+        eq[idx] = float(v)
+    return eq

@@ -1,0 +1,448 @@
+"""Typed configuration: dataclasses, our YAML format, and the official VideoDirector YAML.
+
+Every field is read by the code. Unknown keys and wrong types raise :class:`ConfigError`
+naming the key. Constants inherited from the official implementation are fields with
+their origin in the docstring (see ``spec/videodirector-facts.md``).
+
+Two formats load through :func:`load_config`:
+
+* ours: nested sections ``model``, ``input``, ``prompts``, ``inversion``, ``stdg``,
+  ``control``, ``output`` and a top-level ``seed``;
+* the official repo's editing YAML (``bear_editing_config.yaml`` and friends), detected by
+  its keys and mapped by :func:`from_official` (every key it uses is mapped or, for the
+  five keys the official code never reads, accepted and documented as unused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
+
+
+@dataclass
+class ModelConfig:
+    """Which weights to load and where to run them."""
+
+    base: str = DEFAULT_SD15
+    """SD 1.5 in diffusers layout: a hub id or a local folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    motion_adapter: str = DEFAULT_MOTION_ADAPTER
+    """AnimateDiff motion adapter: a hub id, a diffusers folder, or an original ``.ckpt``/``.safetensors`` file."""
+    single_file: str | None = None
+    """Optional community SD 1.5 checkpoint (e.g. RealisticVision ``.safetensors``); ``base`` supplies its config."""
+    official_model_config: str | None = None
+    """The official repo's ``model_config.yaml`` path; recorded only: its AnimateDiff v3 layout is what the adapter config gives."""
+    local_files_only: bool = False
+    """Never touch the network (also set by ``HF_HUB_OFFLINE=1``)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """``auto`` is bfloat16 on CUDA (as the official code) and float32 on CPU."""
+    compile: bool = False
+    """``torch.compile`` the UNet (GPU; one-time compile cost, cached on disk by PyTorch)."""
+    gradient_checkpointing: bool = False
+    """Trade time for memory in the null-text backward (helps on 24 GB cards)."""
+
+
+@dataclass
+class InputConfig:
+    """The source video and its masks."""
+
+    video: str | None = None
+    """mp4/webm/gif/mov file or a folder of frames."""
+    masks: str | None = None
+    """Folder of per-frame PNGs (sorted by name) or a mask video; white = object."""
+    num_frames: int = 16
+    """Frames sampled evenly (official: ``range(0, n, n // F)[:F]``)."""
+    height: int = 512
+    width: int = 512
+    resize_mode: Literal["stretch", "crop"] = "stretch"
+    """``stretch`` resizes without cropping (official); ``crop`` centre-crops to the aspect first."""
+    ellipse_mask: bool = True
+    """Union each mask with the moment-equivalent ellipse of its first component (supplementary §III)."""
+
+
+@dataclass
+class PromptConfig:
+    """Prompts and prompt-to-prompt word settings."""
+
+    source: str = ""
+    """Describes the input video (official ``inversion_prompt``)."""
+    target: str = ""
+    """The edited description (official ``new_prompt``); may be given per edit instead."""
+    negative: str = ""
+    """Negative prompt; its embedding initialises the null-text (official behaviour)."""
+    equalizer_words: list[str] = field(default_factory=list)
+    """Words of the target prompt whose cross-attention is reweighted (official ``p2p_eq_params_words``)."""
+    equalizer_values: list[float] = field(default_factory=list)
+    blend_words_source: list[str] = field(default_factory=list)
+    """Local blend: words of the source prompt (empty: no local blend, the official default)."""
+    blend_words_target: list[str] = field(default_factory=list)
+    blend_threshold: float = 0.3
+    """Local-blend mask threshold on the normalised cross-attention map (prompt-to-prompt default)."""
+
+
+@dataclass
+class InversionConfig:
+    """Stage 1: DDIM inversion and (multi-frame) null-text optimisation."""
+
+    num_steps: int = 50
+    guidance_scale: float = 7.5
+    """``w`` of paper Eq. 10: ``eps = eps_c + w (eps_c - eps_u)`` (8.5 in diffusers' convention)."""
+    null_text: Literal["multi_frame", "shared", "none"] = "multi_frame"
+    """``multi_frame`` (F x 77 x D, the paper), ``shared`` (1 x 77 x D, vanilla null-text) or ``none``."""
+    null_inner_steps: int = 10
+    null_lr: float = 1e-2
+    null_lr_decay: float = 0.5
+    """Learning rate at step i is ``null_lr * (1 - null_lr_decay * i / num_steps)`` (official: 1e-2 (1 - i/100))."""
+    early_stop_epsilon: float = 1e-5
+    early_stop_slope: float = 2e-5
+    """Inner loop stops when loss < epsilon + slope * i (official hard-coded 2e-5)."""
+    fast: Literal["none", "negative_prompt", "direct"] = "none"
+    """Beyond the paper: ``negative_prompt`` (NPI: null = source embedding, no optimisation) or
+    ``direct`` (PnP-Inversion style: store the per-step latent offset instead of optimising)."""
+
+
+@dataclass
+class STDGConfig:
+    """Spatial-temporal decoupled guidance (paper Eqs. 2-4)."""
+
+    enabled: bool = True
+    coefficients: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.0, 0.5])
+    """``[eta_f, eta_b, zeta_f, zeta_b]``: temporal fg/bg, appearance fg/bg (Eq. 4). Swap for background edits."""
+    temporal_block_weights: dict[str, float] = field(
+        default_factory=lambda: {"up_blocks.1": 20000.0, "up_blocks.2": 10000.0}
+    )
+    """Per-block weights of the temporal loss; every motion-module attention in a block gets its block's weight."""
+    appearance_block_weights: dict[str, float] = field(
+        default_factory=lambda: {"up_blocks.1": 20000.0, "up_blocks.2": 10000.0}
+    )
+    top_k: int = 1
+    """Key frames kept per (pixel, head, query frame) in the temporal map (official hard-coded 1)."""
+    appearance_loss: Literal["mean_key", "per_token"] = "mean_key"
+    """``mean_key``: MSE of mask-pooled mean keys per frame (official code); ``per_token``: paper Eq. 3."""
+    guidance_scale: float = 1.0
+    """Scale of G in the direction term (official ``grad_guidance_scale``)."""
+    threshold: float | None = None
+    """Optional clamp of |G| (official ``grad_guidance_threshold``; the official code never applies it)."""
+
+
+@dataclass
+class ControlConfig:
+    """Stage 2: attention control (paper Eqs. 6-7)."""
+
+    self_replace_steps: float = 0.4
+    """tau_s: SA-I on steps ``[0, int(T tau_s))``, SA-II after."""
+    cross_replace_steps: float = 0.8
+    """tau_c: cross-attention control on steps ``[0, int((T + 1) tau_c))`` (prompt-to-prompt's alpha table)."""
+    sa1: bool = True
+    sa2: bool = True
+    cross: bool = True
+    mutual_layers: list[int] = field(default_factory=lambda: [7, 16])
+    """Spatial self-attention layers (call order, 0-15) where SA-II acts (official ``MutualSelfAttn_layers``)."""
+    mutual_end_step: int | None = None
+    """SA-II ends before this step (official ``MutualSelfAttn_steps[1]``; None = all steps)."""
+    cross_layers: list[int] = field(default_factory=lambda: [0, 16])
+    """Cross-attention layers (call order) under prompt-to-prompt control."""
+    cross_mode: Literal["refine", "replace"] = "refine"
+    sa1_max_tokens: int | None = None
+    """SA-I acts on layers with at most this many query tokens; None = a quarter of the latent
+    (the official 32 x 32 gate at 64 x 64 latents)."""
+    edit_timesteps: Literal["official", "same"] = "official"
+    """``official``: stage 2 uses diffusers' leading spacing (981..1) with stage-1 quantities indexed by step;
+    ``same``: stage 2 walks the stage-1 timesteps (Algorithm I)."""
+
+
+@dataclass
+class OutputConfig:
+    out: str = "out"
+    fps: int = 8
+    overwrite: bool = False
+
+
+@dataclass
+class EditConfig:
+    """One complete VideoDirector job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    stdg: STDGConfig = field(default_factory=STDGConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key '{key}' has the wrong type: got {value!r}, expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys here are: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: EditConfig, overrides: dict[str, Any]) -> EditConfig:
+    """Set dotted keys (``"inversion.num_steps": 10``) with the same checks as the YAML loader."""
+    data = cfg.to_dict()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"unknown config key '{dotted}'")
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(f"unknown config key '{dotted}'")
+        node[leaf] = value
+    return from_dict(EditConfig, data)
+
+
+# --------------------------------------------------------------------------- official format
+
+OFFICIAL_KEYS_UNUSED = {
+    # Read by nothing in the official code (spec §8.1, §9); accepted so official YAMLs load unchanged.
+    "function_type": "MotionClone leftover, read by nothing",
+    "cross_attn_mask_tr_app": "MotionClone compute_cross_attn_mask threshold, never called",
+    "cross_attn_mask_tr_example": "MotionClone compute_cross_attn_mask threshold, never called",
+}
+OFFICIAL_SIGNATURE = {"inversion_prompt", "new_prompt", "STDG_guide"}
+
+
+def is_official(data: dict[str, Any]) -> bool:
+    return bool(OFFICIAL_SIGNATURE & set(data))
+
+
+def _block_weights(section: dict[str, Any], key: str) -> dict[str, float]:
+    blocks = section.get("blocks", [])
+    weights = section.get("weight_each", [])
+    if len(blocks) != len(weights):
+        raise ConfigError(f"config key '{key}': {len(blocks)} blocks but {len(weights)} weight_each values")
+    return {str(b): float(w) for b, w in zip(blocks, weights)}
+
+
+def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditConfig:
+    """Map an official VideoDirector editing YAML onto :class:`EditConfig` (spec §8).
+
+    Paths are resolved against ``base_dir`` (the YAML's folder). The official layout keeps masks
+    in ``<video dir>/sam2_mask/<video name>/``; that folder is used when it exists, else
+    ``<video dir>/masks``.
+    """
+    d = dict(data)
+    known = {
+        "dreambooth_path", "motion_module", "model_config", "app_guidance", "temp_guidance", "cfg_scale",
+        "early_stop_epsilon", "grad_guidance_scale", "grad_guidance_threshold", "negative_prompt",
+        "inversion_prompt", "new_prompt", "null_inner_steps", "num_inference_step", "using_ellipse_mask",
+        "multiframe_NT", "MutualSelfAttn_layers", "MutualSelfAttn_steps", "p2p_blend_word_base",
+        "p2p_blend_word_new", "p2p_cross_is_replace_controller", "p2p_cross_replace_layers",
+        "p2p_cross_replace_steps", "p2p_eq_params_words", "p2p_eq_params_values", "p2p_self_replace_steps",
+        "STDG_guide", "video_path", *OFFICIAL_KEYS_UNUSED,
+    }
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' in official VideoDirector config; known keys: {', '.join(sorted(known))}")
+
+    def path(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(p)
+        return str(q if q.is_absolute() or base_dir is None else (base_dir / q))
+
+    app = d.get("app_guidance", {}) or {}
+    if app.get("block_type", "spatial") != "spatial":
+        raise ConfigError("config key 'app_guidance.block_type': only 'spatial' is supported (the official default)")
+    extra_app = set(app) - {"block_type", "blocks", "weight_each", "cross_attn_blocks", "cross_attn_mask_tr_app", "cross_attn_mask_tr_example"}
+    if extra_app:
+        raise ConfigError(f"unknown key 'app_guidance.{sorted(extra_app)[0]}' in official VideoDirector config")
+    temp = d.get("temp_guidance", {}) or {}
+    video = path(d.get("video_path"))
+    masks = None
+    if video is not None:
+        vp = Path(video)
+        for cand in (vp.parent / "sam2_mask" / vp.stem, vp.parent / "masks"):
+            if cand.is_dir():
+                masks = str(cand)
+                break
+        if masks is None:
+            masks = str(vp.parent / "sam2_mask" / vp.stem)
+
+    blend_base = d.get("p2p_blend_word_base")
+    blend_new = d.get("p2p_blend_word_new")
+    mutual_steps = d.get("MutualSelfAttn_steps", [0, d.get("num_inference_step", 50)])
+    out: dict[str, Any] = {
+        "model": {
+            "single_file": path(d.get("dreambooth_path")),
+            "motion_adapter": path(d.get("motion_module")) or DEFAULT_MOTION_ADAPTER,
+            "official_model_config": path(d.get("model_config")),
+        },
+        "input": {"video": video, "masks": masks, "ellipse_mask": d.get("using_ellipse_mask", True)},
+        "prompts": {
+            "source": d.get("inversion_prompt", ""),
+            "target": d.get("new_prompt", ""),
+            "negative": d.get("negative_prompt", "") or "",
+            "equalizer_words": [str(w) for w in d.get("p2p_eq_params_words", []) or []],
+            "equalizer_values": d.get("p2p_eq_params_values", []) or [],
+            "blend_words_source": [blend_base] if isinstance(blend_base, str) else list(blend_base or []),
+            "blend_words_target": [blend_new] if isinstance(blend_new, str) else list(blend_new or []),
+        },
+        "inversion": {
+            "num_steps": d.get("num_inference_step", 50),
+            "guidance_scale": d.get("cfg_scale", 7.5),
+            "null_text": "multi_frame" if d.get("multiframe_NT", True) else "shared",
+            "null_inner_steps": d.get("null_inner_steps", 10),
+            "early_stop_epsilon": d.get("early_stop_epsilon", 1e-5),
+        },
+        "stdg": {
+            "coefficients": d.get("STDG_guide", [0.5, 0.5, 0.0, 0.5]),
+            "temporal_block_weights": _block_weights(temp, "temp_guidance"),
+            "appearance_block_weights": _block_weights(app, "app_guidance"),
+            "guidance_scale": d.get("grad_guidance_scale", 1.0),
+            "threshold": d.get("grad_guidance_threshold"),
+        },
+        "control": {
+            "self_replace_steps": d.get("p2p_self_replace_steps", 0.4),
+            "cross_replace_steps": d.get("p2p_cross_replace_steps", 0.8),
+            "mutual_layers": d.get("MutualSelfAttn_layers", [7, 16]),
+            # Official: MutualSelfAttn_steps[0] is overwritten by int(T tau_s); only [1] is read.
+            "mutual_end_step": mutual_steps[1],
+            "cross_layers": d.get("p2p_cross_replace_layers", [0, 16]),
+            "cross_mode": "replace" if d.get("p2p_cross_is_replace_controller") else "refine",
+        },
+    }
+    if not out["stdg"]["temporal_block_weights"]:
+        del out["stdg"]["temporal_block_weights"]
+    if not out["stdg"]["appearance_block_weights"]:
+        del out["stdg"]["appearance_block_weights"]
+    return from_dict(EditConfig, out)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EditConfig:
+    """Load our YAML format or an official VideoDirector YAML, then apply dotted overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (give the path to a YAML file)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(data).__name__}")
+    if is_official(data):
+        cfg = from_official(data, base_dir=p.parent)
+    else:
+        cfg = from_dict(EditConfig, data)
+        # Relative paths in our format are relative to the YAML file.
+        for attr in ("video", "masks"):
+            v = getattr(cfg.input, attr)
+            if v is not None and not Path(v).is_absolute():
+                setattr(cfg.input, attr, str(p.parent / v))
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: EditConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    i = cfg.input
+    if i.height % 8 or i.width % 8:
+        raise ConfigError(f"input.height and input.width must be multiples of 8, got {i.height}x{i.width}")
+    if not 1 <= i.num_frames <= 32:
+        raise ConfigError(
+            f"input.num_frames={i.num_frames}: AnimateDiff's motion modules take 1 to 32 frames; use --frames 16"
+        )
+    if len(cfg.stdg.coefficients) != 4:
+        raise ConfigError("stdg.coefficients must be 4 numbers [eta_f, eta_b, zeta_f, zeta_b]")
+    if len(cfg.prompts.equalizer_words) != len(cfg.prompts.equalizer_values):
+        raise ConfigError(
+            f"prompts.equalizer_words has {len(cfg.prompts.equalizer_words)} words but "
+            f"prompts.equalizer_values has {len(cfg.prompts.equalizer_values)} values; give one value per word"
+        )
+    if not 0.0 <= cfg.control.self_replace_steps <= 1.0 or not 0.0 <= cfg.control.cross_replace_steps <= 1.0:
+        raise ConfigError("control.self_replace_steps and control.cross_replace_steps are fractions in [0, 1]")
+    if cfg.inversion.num_steps < 1:
+        raise ConfigError("inversion.num_steps must be at least 1")
+    if cfg.stdg.top_k < 1:
+        raise ConfigError("stdg.top_k must be at least 1")
+    for key in ("mutual_layers", "cross_layers"):
+        v = getattr(cfg.control, key)
+        if len(v) != 2 or v[0] > v[1]:
+            raise ConfigError(f"control.{key} must be [start, end) with start <= end, got {v}")

@@ -1,0 +1,153 @@
+"""Spatial-temporal decoupled guidance, STDG (paper Eqs. 2-4; spec §4).
+
+``G = ∇_{z_t} (η_f L_T^f + η_b L_T^b + ζ_f L_K^f + ζ_b L_K^b)``, computed with **one**
+backward and without zero-weight terms (G is linear in the four gradients, spec §11.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..attention.control import FeatureRecorder
+from ..attention.processors import AttentionLayer
+
+
+def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(F, 1, H, W)`` bool -> ``(F, h·w)`` bool by nearest resizing (official ``F.interpolate(..., 'nearest')``)."""
+    small = F.interpolate(mask.float(), size=size, mode="nearest")
+    return small.flatten(1).bool()
+
+
+def temporal_loss(p_ref: Tensor, p: Tensor, region: Tensor, top_k: int) -> Tensor:
+    """One module's term of Eq. 2: mean over selected entries of ``(T+ - T-)²``.
+
+    Args:
+        p_ref: reference (inverted-latent) probabilities ``(h·w, heads, F, F)`` (B = 1).
+        p: probabilities of the current latent, same shape, with autograd.
+        region: ``(F, h·w)`` bool, indexed by query frame and pixel (``M_T^{f/b}``).
+        top_k: key frames kept per (pixel, head, query frame): ``M_T`` from the reference map.
+    """
+    idx = p_ref.topk(top_k, dim=-1).indices
+    keep = torch.zeros_like(p_ref, dtype=torch.bool).scatter_(-1, idx, True)
+    keep = keep & region.transpose(0, 1)[:, None, :, None]
+    n = keep.sum()
+    if n == 0:
+        return p.sum() * 0.0
+    diff = (p_ref.detach() - p) ** 2
+    return (diff * keep).sum() / n
+
+
+def appearance_loss(k_ref: Tensor, k: Tensor, region: Tensor, mode: str = "mean_key") -> Tensor:
+    """One module's term of Eq. 3 on spatial self-attention keys ``(F, h·w, C)``.
+
+    ``mean_key`` (official code): MSE between mask-pooled mean keys per frame,
+    ``k̄[f] = Σ_p M[f,p] K[f,p] / (Σ_p M[f,p] + 1e-5)``. ``per_token`` (paper): mean of
+    ``M ‖K+ - K-‖²`` over masked tokens and channels.
+    """
+    m = region.to(k.dtype)[..., None]
+    if mode == "mean_key":
+        denom = m.sum(1) + 1e-5
+        return F.mse_loss((m * k_ref.detach()).sum(1) / denom, (m * k).sum(1) / denom)
+    n = m.sum() * k.shape[-1]
+    if n == 0:
+        return k.sum() * 0.0
+    return (m * (k_ref.detach() - k) ** 2).sum() / n
+
+
+@dataclass
+class STDGSetup:
+    """Resolved STDG settings for one model: layers, weights, coefficients, mask resolutions."""
+
+    temporal: list[AttentionLayer]
+    appearance: list[AttentionLayer]
+    temporal_weights: dict[str, float]  # layer name -> weight
+    appearance_weights: dict[str, float]
+    coefficients: tuple[float, float, float, float]  # eta_f, eta_b, zeta_f, zeta_b
+    top_k: int = 1
+    appearance_mode: str = "mean_key"
+
+
+def stdg_loss(ref: dict[str, Tensor], cur: dict[str, Tensor], masks_by_tokens: dict[int, Tensor],
+              setup: STDGSetup) -> Tensor:
+    """Eq. 4's loss ``η_f L_T^f + η_b L_T^b + ζ_f L_K^f + ζ_b L_K^b``, skipping zero-weight terms.
+
+    ``L_T = (1/M) Σ_m w_m L_m`` over the M temporal modules (likewise ``L_K``), as the official
+    code's ``mean(w/100 · L) · 100`` (spec §4.3-4.4).
+    """
+    eta_f, eta_b, zeta_f, zeta_b = setup.coefficients
+    total = None
+
+    def add(term: Tensor) -> None:
+        nonlocal total
+        total = term if total is None else total + term
+
+    if eta_f or eta_b:
+        lf, lb = [], []
+        for layer in setup.temporal:
+            p_ref, p = ref[layer.name], cur[layer.name]
+            obj = masks_by_tokens[p.shape[0]]
+            w = setup.temporal_weights[layer.name]
+            if eta_f:
+                lf.append(w * temporal_loss(p_ref, p, obj, setup.top_k))
+            if eta_b:
+                lb.append(w * temporal_loss(p_ref, p, ~obj, setup.top_k))
+        if eta_f:
+            add(eta_f * torch.stack(lf).mean())
+        if eta_b:
+            add(eta_b * torch.stack(lb).mean())
+    if zeta_f or zeta_b:
+        kf, kb = [], []
+        for layer in setup.appearance:
+            k_ref, k = ref[layer.name], cur[layer.name]
+            obj = masks_by_tokens[k.shape[1]]
+            w = setup.appearance_weights[layer.name]
+            if zeta_f:
+                kf.append(w * appearance_loss(k_ref, k, obj, setup.appearance_mode))
+            if zeta_b:
+                kb.append(w * appearance_loss(k_ref, k, ~obj, setup.appearance_mode))
+        if zeta_f:
+            add(zeta_f * torch.stack(kf).mean())
+        if zeta_b:
+            add(zeta_b * torch.stack(kb).mean())
+    return total
+
+
+def stdg_guidance(
+    unet_forward,  # noqa: ANN001  (z, t, emb) -> eps
+    recorder: FeatureRecorder,
+    z_t: Tensor,
+    z_ref: Tensor,
+    t: int,
+    cond: Tensor,
+    masks_by_tokens: dict[int, Tensor],
+    setup: STDGSetup,
+    threshold: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """STDG gradient ``G_t`` and the conditional prediction ``ε_c`` from the same forward.
+
+    One reference forward on ``z*_t`` that stops after the last guided layer, one full forward on
+    ``z_t`` with autograd (its output is ``ε_θ(z_t, C, t)``, needed by the null-text step anyway),
+    and one backward to ``z_t``.
+
+    Returns:
+        ``(G, eps_cond)``, both shaped like ``z_t`` and detached.
+    """
+    with torch.no_grad(), recorder.capture(stop_early=True) as ref:
+        unet_forward(z_ref, t, cond)
+    ref = dict(ref)
+    z = z_t.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with recorder.capture() as cur:
+            eps = unet_forward(z, t, cond)
+        loss = stdg_loss(ref, cur, masks_by_tokens, setup)
+        if loss is None:
+            grad = torch.zeros_like(z)
+        else:
+            (grad,) = torch.autograd.grad(loss, z)
+    if threshold is not None:
+        grad = grad.clamp(-threshold, threshold)
+    return grad.detach(), eps.detach()
