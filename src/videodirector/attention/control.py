@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .processors import AttentionLayer, Branches, Clock, ControlProcessor, StopForward, merge_heads
+from .processors import AttentionLayer, Branches, Clock, ControlProcessor, StopForward, call_order_key, merge_heads
 
 
 # --------------------------------------------------------------------------- stage 1: recording
@@ -34,7 +34,7 @@ class FeatureRecorder:
         self.appearance = {l.name for l in appearance}
         wanted = [*temporal, *appearance]
         # the last layer the forward reaches, for the early exit of feature-only forwards
-        self.last = max(wanted, key=lambda l: _call_rank(l)).name if wanted else None
+        self.last = max(wanted, key=lambda l: call_order_key(l.name)).name if wanted else None
         self.active = False
         self.stop_early = False
         self.store: dict[str, Tensor] = {}
@@ -50,12 +50,6 @@ class FeatureRecorder:
             pass
         finally:
             self.active, self.stop_early = False, False
-
-
-def _call_rank(layer: AttentionLayer) -> tuple[int, int, int]:
-    from .processors import _order_key
-
-    return _order_key(layer.name)[:3]
 
 
 class RecordingProcessor(ControlProcessor):

@@ -37,19 +37,22 @@ class AttentionLayer:
         return f"{self.name}.processor"
 
 
-def _order_key(name: str) -> tuple[int, int, int, int]:
+def call_order_key(name: str) -> tuple[int, int, int, int, int]:
+    """Sort key that puts attention layers in the order a forward calls them
+    (per block: resnet, ``attentions.j``, ``motion_modules.j``, for each j)."""
     m = _BLOCK_RE.match(name)
     if m is None:
-        return (9, 0, 0, 0)
+        return (9, 0, 0, 0, 0)
     section = 0 if m.group(1).startswith("down") else 1 if m.group(1) == "mid_block" else 2
     block = int(m.group(2) or m.group(3) or 0)
-    return (section, block, int(m.group(5)), 0 if name.endswith("attn1") else 1)
+    module = 0 if m.group(4) == "attentions" else 1
+    return (section, block, int(m.group(5)), module, 0 if name.endswith("attn1") else 1)
 
 
 def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
     """All attention layers in call order, with their kind and per-kind index."""
     names = [k[: -len(".processor")] for k in unet.attn_processors]
-    names.sort(key=_order_key)
+    names.sort(key=call_order_key)
     counters: dict[str, int] = {"self": 0, "cross": 0, "temporal": 0}
     layers = []
     for n in names:

@@ -29,11 +29,11 @@ class ArchSpec:
     text_dim: int = 32
     text_layers: int = 2
     text_heads: int = 4
-    vae_channels: tuple[int, ...] = (32, 64)
+    vae_channels: tuple[int, ...] = (32, 32, 32, 32)
     vae_groups: int = 32
     latent_channels: int = 4
     motion_heads: int = 8
-    sample_size: int = 16
+    sample_size: int = 8
     words: list[str] = field(default_factory=list)
 
 
