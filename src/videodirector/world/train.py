@@ -1,0 +1,375 @@
+"""Train the bundled ShapeWorld models like AnimateDiff, in resumable chunks.
+
+Stages (``--stage``):
+
+1. ``vae``: ``AutoencoderKL`` on single frames (L1 + MSE, tiny KL); then the latent scaling
+   factor is set to 1 / std of the latents, as SD's 0.18215 was.
+2. ``image``: the SD 1.5-layout ``UNet2DConditionModel`` and the ``CLIPTextModel`` from
+   scratch on single frames with their captions (ε-prediction, AnimateDiff's linear schedule,
+   10 % empty captions for classifier-free guidance), so the result is a working T2I model.
+3. ``motion``: a ``MotionAdapter`` on 16-frame clips with the image UNet frozen. Unlike
+   AnimateDiff the text encoder is fine-tuned here too: ours was trained from scratch on single
+   frames, where motion words carry no signal.
+4. ``export``: fp16 ``save_pretrained`` into the package (sharded, every file <= 12 MB).
+
+Every stage saves a checkpoint at least every ``--save-every`` steps and when ``--minutes`` runs
+out, and resumes from it, so each call stays under ten minutes. Seeded: the same command gives
+the same data order.
+
+    python -m videodirector.world.train --stage all --out runs/shapeworld --minutes 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models.factory import ArchSpec, adapter_config, save_checkpoint, text_config, unet2d_config, vae_config
+from ..models.loading import ANIMATEDIFF_SCHEDULER
+from ..models.tokenizer import build_clip_tokenizer
+from ..diffusion.ddim import NoiseSchedule
+from .scene import WORDS, render, sample_clip
+
+SHAPEWORLD_ARCH = ArchSpec(
+    unet_channels=(32, 64, 128, 128), attention_heads=8, norm_groups=32, text_dim=64, text_layers=4, text_heads=4,
+    vae_channels=(64, 128, 128), vae_groups=32, latent_channels=4, motion_heads=8, sample_size=16, words=WORDS,
+)
+TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out checks use seeds below
+STAGE_STEPS = {"vae": 4000, "image": 30000, "motion": 20000}
+STAGE_MINUTES = {"vae": 1.3, "image": 3.6, "motion": 3.4}
+"""A stage ends at its step count or its time budget, whichever comes first; the learning-rate
+schedule follows that fraction, so a faster GPU just trains more steps."""
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Trainer:
+    def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0) -> None:
+        self.out, self.device, self.seed = out, device, seed
+        self.deadline = time.time() + minutes * 60
+        out.mkdir(parents=True, exist_ok=True)
+        self.tok_dir = build_clip_tokenizer(WORDS, out / "tokenizer")
+        from transformers import CLIPTokenizer
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.tok_dir)
+        self.schedule = NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER)
+        self.acp = self.schedule.alphas_cumprod.float().to(device)
+        self.elapsed: dict[str, float] = {}
+        self.started = time.time()
+        self.amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    # ---------------------------------------------------------------- data
+    def clips(self, step: int, batch: int, stage: str):  # noqa: ANN201
+        base = TRAIN_SEED_OFFSET + {"vae": 0, "image": 10_000_000, "motion": 20_000_000}[stage] + step * batch
+        specs = [sample_clip(base + i) for i in range(batch)]
+        frames, _ = render(specs, self.device)
+        return specs, frames
+
+    def tokens(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                              return_tensors="pt").input_ids.to(self.device)
+
+    def out_of_time(self) -> bool:
+        return time.time() > self.deadline
+
+    # ---------------------------------------------------------------- checkpoints
+    def frac(self, stage: str, step: int) -> float:
+        """Fraction of the stage done: by steps or by its time budget (elapsed includes earlier calls)."""
+        elapsed = self.elapsed.get(stage, 0.0) + time.time() - self.started
+        return max(step / STAGE_STEPS[stage], elapsed / (60 * STAGE_MINUTES[stage]))
+
+    def save_state(self, stage: str, step: int, modules: dict, opt: torch.optim.Optimizer, ema: dict | None) -> None:
+        state = {"step": step, "frac": min(1.0, self.frac(stage, step)),
+                 "elapsed": self.elapsed.get(stage, 0.0) + time.time() - self.started, "opt": opt.state_dict(), "modules": {k: m.state_dict() for k, m in modules.items()}}
+        if ema is not None:
+            state["ema"] = {k: m.state_dict() for k, m in ema.items()}
+        tmp = self.out / f".{stage}.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / f"{stage}.pt")
+
+    def load_state(self, stage: str) -> dict | None:
+        p = self.out / f"{stage}.pt"
+        if not p.exists():
+            return None
+        st = torch.load(p, map_location=self.device, weights_only=False)
+        self.elapsed[stage] = st.get("elapsed", 0.0)
+        return st
+
+    def done(self, stage: str) -> bool:
+        st = self.load_state(stage)
+        return st is not None and st.get("frac", 0.0) >= 1.0
+
+    # ---------------------------------------------------------------- builders
+    def build(self):  # noqa: ANN201
+        from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        a = SHAPEWORLD_ARCH
+        torch.manual_seed(self.seed)
+        vae = AutoencoderKL(**vae_config(a))
+        unet = UNet2DConditionModel(**unet2d_config(a))
+        text = CLIPTextModel(CLIPTextConfig(**text_config(a, vocab_size=len(self.tokenizer))))
+        adapter = MotionAdapter(**adapter_config(a))
+        return vae, unet, text, adapter
+
+    # ---------------------------------------------------------------- stages
+    def train_vae(self, vae) -> None:  # noqa: ANN001
+        st = self.load_state("vae")
+        vae.to(self.device).train()
+        opt = torch.optim.AdamW(vae.parameters(), lr=3e-4, weight_decay=0.0)
+        step = 0
+        if st:
+            vae.load_state_dict(st["modules"]["vae"])
+            opt.load_state_dict(st["opt"])
+            step = st["step"]
+        total = STAGE_STEPS["vae"]
+        t0 = self.started = time.time()
+        while self.frac("vae", step) < 1 and not self.out_of_time():
+            f = self.frac("vae", step)
+            _, frames = self.clips(step, 16, "vae")
+            x = frames[:, torch.randperm(16, device=self.device)[:8]].flatten(0, 1)  # 128 frames
+            lr = 3e-4 * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast(**self.amp):
+                post = vae.encode(x).latent_dist
+                rec = vae.decode(post.sample()).sample
+            rec = rec.float()
+            loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-7 * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if step % 250 == 0:
+                psnr = -10 * math.log10(F.mse_loss(rec.detach(), x).item() / 4)
+                _log(f"vae step {step}/{total} loss {loss.item():.5f} psnr {psnr:.2f} dB ({time.time() - t0:.0f}s)")
+            if step % 1000 == 0:
+                self.save_state("vae", step, {"vae": vae}, opt, None)
+        self.save_state("vae", step, {"vae": vae}, opt, None)
+        if self.frac("vae", step) >= 1:  # scaling factor from latent statistics (SD: 0.18215)
+            vae.eval()
+            with torch.no_grad():
+                _, frames = self.clips(10**6, 16, "vae")
+                z = vae.encode(frames.flatten(0, 1)).latent_dist.mean
+            vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+            _log(f"vae done, scaling_factor {vae.config.scaling_factor:.4f}")
+            (self.out / "vae_scaling.json").write_text(json.dumps({"scaling_factor": vae.config.scaling_factor}))
+
+    def _diffusion_loss(self, unet, text, z: torch.Tensor, captions: list[str], motion: bool) -> torch.Tensor:  # noqa: ANN001
+        b = z.shape[0]
+        drop = torch.rand(b) < 0.1
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        emb = text(self.tokens(captions))[0]
+        t = torch.randint(0, 1000, (b,), device=self.device)
+        noise = torch.randn_like(z)
+        a = self.acp[t].view(-1, *([1] * (z.ndim - 1)))
+        zt = a.sqrt() * z + (1 - a).sqrt() * noise
+        if motion:
+            emb = emb.repeat_interleave(z.shape[2], dim=0)
+        pred = unet(zt, t, encoder_hidden_states=emb).sample
+        return F.mse_loss(pred.float(), noise.float())
+
+    def _latents(self, vae, frames: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        with torch.no_grad(), torch.autocast(**self.amp):
+            z = vae.encode(frames).latent_dist.sample()
+        return z.float() * vae.config.scaling_factor
+
+    @staticmethod
+    def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+        with torch.no_grad():
+            e = [p for p in ema.parameters()]
+            m = [p for p in model.parameters()]
+            torch._foreach_lerp_(e, m, 1 - decay)
+
+    def train_image(self, vae, unet, text) -> None:  # noqa: ANN001
+        st = self.load_state("image")
+        vae.to(self.device).eval()
+        unet.to(self.device).train()
+        text.to(self.device).train()
+        params = list(unet.parameters()) + list(text.parameters())
+        opt = torch.optim.AdamW(params, lr=4e-4, weight_decay=0.01)
+        ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+        step = 0
+        if st:
+            unet.load_state_dict(st["modules"]["unet"])
+            text.load_state_dict(st["modules"]["text"])
+            ema_u.load_state_dict(st["ema"]["unet"])
+            ema_t.load_state_dict(st["ema"]["text"])
+            opt.load_state_dict(st["opt"])
+            step = st["step"]
+        total = STAGE_STEPS["image"]
+        t0 = self.started = time.time()
+        while self.frac("image", step) < 1 and not self.out_of_time():
+            f = self.frac("image", step)
+            specs, frames = self.clips(step, 64, "image")
+            pick = torch.randint(0, 16, (64, 4), device=self.device)
+            x = torch.stack([frames[i, pick[i]] for i in range(64)]).flatten(0, 1)  # 256 frames
+            captions = [s.caption() for s in specs for _ in range(4)]
+            z = self._latents(vae, x)
+            lr = 4e-4 * min(1.0, (step + 1) / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast(**self.amp):
+                loss = self._diffusion_loss(unet, text, z, captions, motion=False)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(0.999, (1 + step) / (10 + step))
+            self._ema_update(ema_u, unet, decay)
+            self._ema_update(ema_t, text, decay)
+            step += 1
+            if step % 250 == 0:
+                _log(f"image step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+            if step % 2000 == 0:
+                self.save_state("image", step, {"unet": unet, "text": text}, opt, {"unet": ema_u, "text": ema_t})
+        self.save_state("image", step, {"unet": unet, "text": text}, opt, {"unet": ema_u, "text": ema_t})
+
+    def train_motion(self, vae, unet2d, text, adapter) -> None:  # noqa: ANN001
+        from diffusers import UNetMotionModel
+
+        img = self.load_state("image")
+        unet2d.load_state_dict(img["ema"]["unet"])
+        text.load_state_dict(img["ema"]["text"])
+        st = self.load_state("motion")
+        if st:
+            adapter.load_state_dict(st["modules"]["adapter"])
+            text.load_state_dict(st["modules"]["text"])
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter).to(self.device)
+        unet.freeze_unet2d_params()
+        unet.train()
+        text.to(self.device).train()
+        vae.to(self.device).eval()
+        motion_params = [p for n, p in unet.named_parameters() if "motion_modules" in n]
+        opt = torch.optim.AdamW([{"params": motion_params, "lr": 4e-4}, {"params": list(text.parameters()), "lr": 5e-5}],
+                                weight_decay=0.01)
+        base_lr = [4e-4, 5e-5]
+        step = 0
+        if st:
+            opt.load_state_dict(st["opt"])
+            step = st["step"]
+        total = STAGE_STEPS["motion"]
+        t0 = self.started = time.time()
+        while self.frac("motion", step) < 1 and not self.out_of_time():
+            f = self.frac("motion", step)
+            specs, frames = self.clips(step, 24, "motion")
+            b, f = frames.shape[:2]
+            z = self._latents(vae, frames.flatten(0, 1))
+            z = z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+            scale = min(1.0, (step + 1) / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+            for g, lr in zip(opt.param_groups, base_lr):
+                g["lr"] = lr * scale
+            with torch.autocast(**self.amp):
+                loss = self._diffusion_loss(unet, text, z, [s.caption() for s in specs], motion=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(motion_params + list(text.parameters()), 1.0)
+            opt.step()
+            step += 1
+            if step % 250 == 0:
+                _log(f"motion step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+            if step % 1000 == 0:
+                self._save_motion(step, adapter, text, opt)
+        self._save_motion(step, adapter, text, opt)
+
+    def _save_motion(self, step: int, adapter, text, opt) -> None:  # noqa: ANN001
+        self.save_state("motion", step, {"adapter": adapter, "text": text}, opt, None)
+
+
+def export(out: Path, dest: Path) -> dict:
+    """Write fp16 diffusers folders (``dest/sd``, ``dest/motion_adapter``) and a model card."""
+    tr = Trainer(out, torch.device("cpu"), minutes=1)
+    vae, unet, text, adapter = tr.build()
+    vae.load_state_dict(tr.load_state("vae")["modules"]["vae"])
+    vae.register_to_config(**json.loads((out / "vae_scaling.json").read_text()))
+    img = tr.load_state("image")
+    unet.load_state_dict(img["ema"]["unet"])
+    mot = tr.load_state("motion")
+    adapter.load_state_dict(mot["modules"]["adapter"])
+    text.load_state_dict(mot["modules"]["text"])
+    for m in (vae, unet, text, adapter):
+        m.half()
+    tmp = dest.with_name(dest.name + ".tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    base, ad = save_checkpoint(tmp, unet, adapter, vae, text, WORDS)
+    for f in [*(base / "unet").glob("*.safetensors"), *ad.glob("*.safetensors")]:
+        f.unlink()
+    # re-save the big ones sharded so each file stays <= 12 MB (package-data limit of 15 MB)
+    unet.save_pretrained(base / "unet", max_shard_size="12MB")
+    adapter.save_pretrained(ad, max_shard_size="12MB")
+    info = {"steps": {s: tr.load_state(s)["step"] for s in ("vae", "image", "motion")},
+            "params_m": {"unet2d": sum(p.numel() for p in unet.parameters()) / 1e6,
+                         "motion_adapter": sum(p.numel() for p in adapter.parameters()) / 1e6,
+                         "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
+                         "text_encoder": sum(p.numel() for p in text.parameters()) / 1e6}}
+    (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m videodirector.world.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["vae", "image", "motion", "export", "all"], default="all")
+    p.add_argument("--out", type=Path, default=Path("runs/shapeworld"), help="checkpoint folder (resumable)")
+    p.add_argument("--dest", type=Path, default=Path(__file__).parent / "weights", help="export folder")
+    p.add_argument("--minutes", type=float, default=9.0, help="time budget of this call; saves and stops after it")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=str, default="", help="override stage steps, e.g. vae=100,image=100,motion=100")
+    p.add_argument("--stage-minutes", type=str, default="", help="override stage time budgets, e.g. image=3.5")
+    args = p.parse_args(argv)
+    for kv in filter(None, args.steps.split(",")):
+        k, v = kv.split("=")
+        STAGE_STEPS[k] = int(v)
+    for kv in filter(None, args.stage_minutes.split(",")):
+        k, v = kv.split("=")
+        STAGE_MINUTES[k] = float(v)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed)
+    vae, unet, text, adapter = tr.build()
+    stages = ["vae", "image", "motion", "export"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        if stage == "export":
+            if all(tr.done(s) for s in ("vae", "image", "motion")):
+                _log(f"exported: {export(args.out, args.dest)}")
+            else:
+                _log("not exporting: training not finished (run again to resume)")
+            continue
+        if tr.done(stage):
+            _log(f"{stage}: already done")
+            if stage == "vae":
+                vae.load_state_dict(tr.load_state("vae")["modules"]["vae"])
+                vae.register_to_config(**json.loads((args.out / "vae_scaling.json").read_text()))
+            continue
+        if tr.out_of_time():
+            break
+        _log(f"{stage}: training")
+        if stage == "vae":
+            tr.train_vae(vae)
+        elif stage == "image":
+            tr.train_image(vae, unet, text)
+        else:
+            tr.train_motion(vae, unet, text, adapter)
+        if not tr.done(stage):
+            _log(f"{stage}: stopped at the time budget; run again to resume")
+            break
+
+
+if __name__ == "__main__":
+    main()
