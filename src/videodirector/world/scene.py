@@ -133,64 +133,73 @@ def sample_clip(seed: int, size: int = 64, frames: int = 16, distractor_prob: fl
                     size, frames)
 
 
-def _shape_sdf(shape: str, px: Tensor, py: Tensor, r: Tensor, angle: float) -> Tensor:
-    """Signed distance (pixels, negative inside) of a shape of circumradius-like size ``r``."""
-    c, s = math.cos(angle), math.sin(angle)
+def _shape_sdfs(px: Tensor, py: Tensor, r: Tensor, angle: Tensor) -> Tensor:
+    """Signed distances (pixels, negative inside) of every shape in :data:`SHAPES` order: ``(4, ...)``.
+
+    ``r`` is the size (circle radius); the other shapes are scaled to similar areas.
+    """
+    c, s = torch.cos(angle), torch.sin(angle)
     x, y = c * px + s * py, -s * px + c * py
-    if shape == "circle":
-        return torch.sqrt(x**2 + y**2) - r
-    if shape == "square":
-        h = 0.82 * r
-        qx, qy = x.abs() - h, y.abs() - h
-        outside = torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2)
-        return outside + torch.minimum(torch.maximum(qx, qy), torch.zeros_like(qx))
-    if shape == "diamond":
-        return (x.abs() + y.abs() - 1.15 * r) / math.sqrt(2)
-    if shape == "triangle":
-        # equilateral, apex up (image y points down), circumradius 1.2 r: max of three edge half-planes
-        inradius = 0.6 * r
-        d = [math.cos(t) * x + math.sin(t) * y for t in (math.pi / 2, 7 * math.pi / 6, 11 * math.pi / 6)]
-        return torch.maximum(torch.maximum(d[0], d[1]), d[2]) - inradius
-    raise ValueError(f"unknown shape {shape!r}")
+    circle = torch.sqrt(x**2 + y**2) - r
+    h = 0.82 * r
+    qx, qy = x.abs() - h, y.abs() - h
+    square = torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2) + torch.clamp(torch.maximum(qx, qy), max=0)
+    # equilateral, apex up (image y points down): max of three edge half-planes, inradius 0.6 r
+    d = [math.cos(t) * x + math.sin(t) * y for t in (math.pi / 2, 7 * math.pi / 6, 11 * math.pi / 6)]
+    triangle = torch.maximum(torch.maximum(d[0], d[1]), d[2]) - 0.6 * r
+    diamond = (x.abs() + y.abs() - 1.15 * r) / math.sqrt(2)
+    return torch.stack([circle, square, triangle, diamond])
 
 
-def _texture(spec: ClipSpec, X: Tensor, Y: Tensor) -> Tensor:
-    """Brightness factor of the background, ``(H, W)``."""
-    P, ph = spec.texture_period, spec.texture_phase * 2 * math.pi
-    if spec.texture == "striped":
-        return 0.8 + 0.25 * torch.tanh(3 * torch.sin(2 * math.pi * (X + Y) / P + ph))
-    if spec.texture == "checkered":
-        return 0.8 + 0.25 * torch.tanh(4 * torch.sin(2 * math.pi * X / P + ph) * torch.sin(2 * math.pi * Y / P + ph))
-    return 0.5 + 0.6 * (Y / spec.size) * (0.8 + 0.2 * spec.texture_phase)
+def _textures(X: Tensor, Y: Tensor, period: Tensor, phase: Tensor, size: int) -> Tensor:
+    """Brightness factor of each texture in :data:`TEXTURES` order: ``(3, B, H, W)``."""
+    ph = phase * 2 * math.pi
+    striped = 0.8 + 0.25 * torch.tanh(3 * torch.sin(2 * math.pi * (X + Y) / period + ph))
+    checkered = 0.8 + 0.25 * torch.tanh(4 * torch.sin(2 * math.pi * X / period + ph) * torch.sin(2 * math.pi * Y / period + ph))
+    gradient = 0.5 + 0.6 * (Y / size) * (0.8 + 0.2 * phase)
+    return torch.stack(torch.broadcast_tensors(striped, checkered, gradient))
 
 
 def render(specs: list[ClipSpec] | ClipSpec, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-    """Render clips: frames ``(B, F, 3, H, W)`` in [-1, 1] and object masks ``(B, F, 1, H, W)`` bool."""
+    """Render clips in one vectorised pass: frames ``(B, F, 3, H, W)`` in [-1, 1] and object masks
+    ``(B, F, 1, H, W)`` bool. All clips must share ``size`` and ``frames``."""
     if isinstance(specs, ClipSpec):
         specs = [specs]
-    vids, masks = [], []
-    for spec in specs:
-        n, F_ = spec.size, spec.frames
-        ys, xs = torch.meshgrid(torch.arange(n, device=device, dtype=torch.float32) + 0.5,
-                                torch.arange(n, device=device, dtype=torch.float32) + 0.5, indexing="ij")
-        bg = torch.tensor(BACKGROUND_COLOURS[spec.background], device=device, dtype=torch.float32) / 255
-        frame_bg = bg[:, None, None] * _texture(spec, xs, ys)[None]
-        if spec.distractor is not None:
-            dx, dy = spec.distractor
-            d = _shape_sdf("square", xs - dx, ys - dy, torch.tensor(4.0, device=device), 0.0)
-            a = (0.5 - d).clamp(0, 1)[None]
-            col = torch.tensor(DISTRACTOR_COLOUR, device=device, dtype=torch.float32)[:, None, None] / 255
-            frame_bg = frame_bg * (1 - a) + col * a
-        centres, radii = spec.centres_and_radii()
-        c = torch.tensor(centres, device=device, dtype=torch.float32)
-        r = torch.tensor(radii, device=device, dtype=torch.float32)
-        px = xs[None] - c[:, 0, None, None]
-        py = ys[None] - c[:, 1, None, None]
-        sdf = _shape_sdf(spec.shape, px, py, r[:, None, None], spec.angle)  # (F, H, W)
-        alpha = (0.5 - sdf).clamp(0, 1)[:, None]
-        obj = torch.tensor(OBJECT_COLOURS[spec.colour], device=device, dtype=torch.float32)[None, :, None, None] / 255
-        frames = frame_bg[None] * (1 - alpha) + obj * alpha
-        vids.append(frames.clamp(0, 1) * 2 - 1)
-        masks.append(sdf[:, None] < 0)
-        del F_
-    return torch.stack(vids), torch.stack(masks)
+    n, nf = specs[0].size, specs[0].frames
+    if any(s.size != n or s.frames != nf for s in specs):
+        raise ValueError("render() needs clips of one size and frame count")
+    dev = torch.device(device)
+
+    def t(values, dtype=torch.float32) -> Tensor:  # noqa: ANN001
+        return torch.tensor(np.asarray(values), device=dev, dtype=dtype)
+
+    traj = [s.centres_and_radii() for s in specs]
+    centres = t([c for c, _ in traj])  # (B, F, 2)
+    radii = t([r for _, r in traj])  # (B, F)
+    shape_id = t([SHAPES.index(s.shape) for s in specs], torch.long)
+    tex_id = t([TEXTURES.index(s.texture) for s in specs], torch.long)
+    obj_rgb = t([OBJECT_COLOURS[s.colour] for s in specs]) / 255
+    bg_rgb = t([BACKGROUND_COLOURS[s.background] for s in specs]) / 255
+    angle = t([s.angle for s in specs])[:, None, None, None]
+    period = t([s.texture_period for s in specs])[:, None, None]
+    phase = t([s.texture_phase for s in specs])[:, None, None]
+    has_d = t([s.distractor is not None for s in specs])
+    dpos = t([s.distractor or (0.0, 0.0) for s in specs])  # (B, 2)
+
+    coords = torch.arange(n, device=dev, dtype=torch.float32) + 0.5
+    Y, X = torch.meshgrid(coords, coords, indexing="ij")
+    B = len(specs)
+    ar = torch.arange(B, device=dev)
+    factor = _textures(X[None], Y[None], period, phase, n)[tex_id, ar]  # (B, H, W)
+    background = bg_rgb[:, :, None, None] * factor[:, None]  # (B, 3, H, W)
+    dsdf = _shape_sdfs(X[None] - dpos[:, 0, None, None], Y[None] - dpos[:, 1, None, None],
+                       torch.full((B, 1, 1), 4.0, device=dev), torch.zeros(B, 1, 1, device=dev))[1]
+    da = (0.5 - dsdf).clamp(0, 1)[:, None] * has_d[:, None, None, None]
+    grey = torch.tensor(DISTRACTOR_COLOUR, device=dev, dtype=torch.float32)[None, :, None, None] / 255
+    background = background * (1 - da) + grey * da
+    px = X[None, None] - centres[..., 0, None, None]  # (B, F, H, W)
+    py = Y[None, None] - centres[..., 1, None, None]
+    sdf = _shape_sdfs(px, py, radii[..., None, None], angle)[shape_id, ar]  # (B, F, H, W)
+    alpha = (0.5 - sdf).clamp(0, 1)[:, :, None]
+    frames = background[:, None] * (1 - alpha) + obj_rgb[:, None, :, None, None] * alpha
+    return frames.clamp(0, 1) * 2 - 1, (sdf < 0)[:, :, None]

@@ -64,6 +64,7 @@ class Trainer:
         self.schedule = NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER)
         self.acp = self.schedule.alphas_cumprod.float().to(device)
         self.elapsed: dict[str, float] = {}
+        self._token_cache: dict[str, torch.Tensor] = {}
         self.started = time.time()
         self.amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -75,8 +76,12 @@ class Trainer:
         return specs, frames
 
     def tokens(self, captions: list[str]) -> torch.Tensor:
-        return self.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
-                              return_tensors="pt").input_ids.to(self.device)
+        missing = [c for c in set(captions) if c not in self._token_cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt").input_ids
+            self._token_cache.update(zip(missing, ids))
+        return torch.stack([self._token_cache[c] for c in captions]).to(self.device)
 
     def out_of_time(self) -> bool:
         return time.time() > self.deadline
@@ -213,7 +218,7 @@ class Trainer:
             f = self.frac("image", step)
             specs, frames = self.clips(step, 64, "image")
             pick = torch.randint(0, 16, (64, 4), device=self.device)
-            x = torch.stack([frames[i, pick[i]] for i in range(64)]).flatten(0, 1)  # 256 frames
+            x = frames[torch.arange(64, device=self.device)[:, None], pick].flatten(0, 1)  # 256 frames
             captions = [s.caption() for s in specs for _ in range(4)]
             z = self._latents(vae, x)
             lr = 4e-4 * min(1.0, (step + 1) / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
