@@ -24,7 +24,7 @@ class ArchSpec:
     """Widths of a small SD 1.5-layout model."""
 
     unet_channels: tuple[int, int, int, int] = (32, 64, 64, 64)
-    attention_heads: int = 8  # SD 1.5's attention_head_dim=8 means 8 heads
+    attention_heads: int | tuple[int, ...] = 8  # SD 1.5's attention_head_dim=8 means 8 heads per block
     norm_groups: int = 32
     text_dim: int = 32
     text_layers: int = 2
@@ -32,9 +32,13 @@ class ArchSpec:
     vae_channels: tuple[int, ...] = (32, 32, 32, 32)
     vae_groups: int = 32
     latent_channels: int = 4
-    motion_heads: int = 8
+    motion_heads: int | tuple[int, ...] = 8
     sample_size: int = 8
     words: list[str] = field(default_factory=list)
+
+
+def _seq(v: int | tuple[int, ...]) -> int | list[int]:
+    return list(v) if isinstance(v, tuple) else v
 
 
 def unet2d_config(a: ArchSpec) -> dict:
@@ -43,13 +47,13 @@ def unet2d_config(a: ArchSpec) -> dict:
         block_out_channels=list(a.unet_channels),
         down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        cross_attention_dim=a.text_dim, attention_head_dim=a.attention_heads, norm_num_groups=a.norm_groups,
+        cross_attention_dim=a.text_dim, attention_head_dim=_seq(a.attention_heads), norm_num_groups=a.norm_groups,
     )
 
 
 def adapter_config(a: ArchSpec) -> dict:
     return dict(
-        block_out_channels=list(a.unet_channels), motion_layers_per_block=2, motion_num_attention_heads=a.motion_heads,
+        block_out_channels=list(a.unet_channels), motion_layers_per_block=2, motion_num_attention_heads=_seq(a.motion_heads),
         motion_norm_num_groups=a.norm_groups, motion_max_seq_length=32, use_motion_mid_block=False,
     )
 

@@ -38,8 +38,8 @@ from ..diffusion.ddim import NoiseSchedule
 from .scene import WORDS, render, sample_clip
 
 SHAPEWORLD_ARCH = ArchSpec(
-    unet_channels=(32, 64, 128, 128), attention_heads=8, norm_groups=32, text_dim=64, text_layers=4, text_heads=4,
-    vae_channels=(64, 128, 128), vae_groups=32, latent_channels=4, motion_heads=8, sample_size=16, words=WORDS,
+    unet_channels=(32, 64, 128, 128), attention_heads=(2, 4, 8, 8), norm_groups=32, text_dim=64, text_layers=4, text_heads=4,
+    vae_channels=(64, 128, 128), vae_groups=32, latent_channels=4, motion_heads=(2, 4, 8, 8), sample_size=16, words=WORDS,
 )
 TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out checks use seeds below
 STAGE_STEPS = {"vae": 4000, "image": 30000, "motion": 20000}
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed)
     vae, unet, text, adapter = tr.build()
     stages = ["vae", "image", "motion", "export"] if args.stage == "all" else [args.stage]
