@@ -216,7 +216,14 @@ class Trainer:
         t0 = self.started = time.time()
         while self.frac("image", step) < 1 and not self.out_of_time():
             f = self.frac("image", step)
+            profile = step % 250 == 10 and self.device.type == "cuda"
+            if profile:
+                torch.cuda.synchronize()
+                tp = time.time()
             specs, frames = self.clips(step, 64, "image")
+            if profile:
+                torch.cuda.synchronize()
+                _log(f"profile: data {1000 * (time.time() - tp):.1f} ms")
             pick = torch.randint(0, 16, (64, 4), device=self.device)
             x = frames[torch.arange(64, device=self.device)[:, None], pick].flatten(0, 1)  # 256 frames
             captions = [s.caption() for s in specs for _ in range(4)]
@@ -230,7 +237,7 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            decay = min(0.999, (1 + step) / (10 + step))
+            decay = min(0.995, (1 + step) / (10 + step))  # short runs: ~200-step EMA horizon
             self._ema_update(ema_u, unet, decay)
             self._ema_update(ema_t, text, decay)
             step += 1
