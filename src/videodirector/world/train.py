@@ -140,8 +140,8 @@ class Trainer:
         t0 = self.started = time.time()
         while self.frac("vae", step) < 1 and not self.out_of_time():
             f = self.frac("vae", step)
-            _, frames = self.clips(step, 16, "vae")
-            x = frames[:, torch.randperm(16, device=self.device)[:8]].flatten(0, 1)  # 128 frames
+            _, frames = self.clips(step, 64, "vae")
+            x = frames[:, torch.randperm(16, device=self.device)[:6]].flatten(0, 1)  # 384 frames
             lr = 3e-4 * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -202,7 +202,7 @@ class Trainer:
         unet.to(self.device).train()
         text.to(self.device).train()
         params = list(unet.parameters()) + list(text.parameters())
-        opt = torch.optim.AdamW(params, lr=4e-4, weight_decay=0.01)
+        opt = torch.optim.AdamW(params, lr=8e-4, weight_decay=0.01)
         ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
         step = 0
         if st:
@@ -220,15 +220,16 @@ class Trainer:
             if profile:
                 torch.cuda.synchronize()
                 tp = time.time()
-            specs, frames = self.clips(step, 64, "image")
+            specs, frames = self.clips(step, 128, "image")
             if profile:
                 torch.cuda.synchronize()
                 _log(f"profile: data {1000 * (time.time() - tp):.1f} ms")
-            pick = torch.randint(0, 16, (64, 4), device=self.device)
-            x = frames[torch.arange(64, device=self.device)[:, None], pick].flatten(0, 1)  # 256 frames
-            captions = [s.caption() for s in specs for _ in range(4)]
+            # launch-bound on small models: large batches cost little more time per step
+            pick = torch.randint(0, 16, (128, 8), device=self.device)
+            x = frames[torch.arange(128, device=self.device)[:, None], pick].flatten(0, 1)  # 1024 frames
+            captions = [s.caption() for s in specs for _ in range(8)]
             z = self._latents(vae, x)
-            lr = 4e-4 * min(1.0, (step + 1) / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+            lr = 8e-4 * min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast(**self.amp):
@@ -237,7 +238,7 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            decay = min(0.995, (1 + step) / (10 + step))  # short runs: ~200-step EMA horizon
+            decay = min(0.99, (1 + step) / (10 + step))  # short runs: ~100-step EMA horizon
             self._ema_update(ema_u, unet, decay)
             self._ema_update(ema_t, text, decay)
             step += 1
@@ -265,7 +266,7 @@ class Trainer:
         motion_params = [p for n, p in unet.named_parameters() if "motion_modules" in n]
         opt = torch.optim.AdamW([{"params": motion_params, "lr": 4e-4}, {"params": list(text.parameters()), "lr": 5e-5}],
                                 weight_decay=0.01)
-        base_lr = [4e-4, 5e-5]
+        base_lr = [6e-4, 1e-4]
         step = 0
         if st:
             opt.load_state_dict(st["opt"])
@@ -274,11 +275,11 @@ class Trainer:
         t0 = self.started = time.time()
         while self.frac("motion", step) < 1 and not self.out_of_time():
             f = self.frac("motion", step)
-            specs, frames = self.clips(step, 24, "motion")
+            specs, frames = self.clips(step, 48, "motion")
             b, f = frames.shape[:2]
             z = self._latents(vae, frames.flatten(0, 1))
             z = z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
-            scale = min(1.0, (step + 1) / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+            scale = min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
             for g, lr in zip(opt.param_groups, base_lr):
                 g["lr"] = lr * scale
             with torch.autocast(**self.amp):
