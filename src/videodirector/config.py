@@ -158,6 +158,10 @@ class ControlConfig:
     sa1_max_tokens: int | None = None
     """SA-I acts on layers with at most this many query tokens; None = a quarter of the latent
     (the official 32 x 32 gate at 64 x 64 latents)."""
+    edit_target: Literal["object", "background"] = "object"
+    """What the edit changes. ``background``: SA-II lets edit queries read the source *object* instead of the
+    source background (the mask is inverted for SA-II); pair it with the swapped STDG coefficients
+    ``[eta_b, eta_f, zeta_b, zeta_f]`` (paper §4: "when editing the background, these values were swapped")."""
     edit_timesteps: Literal["official", "same"] = "official"
     """``official``: stage 2 uses diffusers' leading spacing (981..1) with stage-1 quantities indexed by step;
     ``same``: stage 2 walks the stage-1 timesteps (Algorithm I)."""

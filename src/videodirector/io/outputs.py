@@ -91,7 +91,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
     os.replace(tmp, path)
 
 
-def mask_overlay(frames: np.ndarray, masks: Tensor, color: tuple[int, int, int] = (255, 40, 40),
+def mask_overlay(frames: np.ndarray, masks: Tensor, color: tuple[int, int, int] = (255, 0, 255),
                  alpha: float = 0.45) -> np.ndarray:
     """Tint the masked region of ``(F, H, W, 3)`` uint8 frames; ``masks`` is ``(F, 1, H, W)`` bool."""
     m = masks[:, 0].cpu().numpy()[..., None]

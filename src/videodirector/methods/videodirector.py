@@ -224,8 +224,9 @@ class VideoDirector:
         sa1_tokens = c.sa1_max_tokens or (latent_hw[0] // 2) * (latent_hw[1] // 2)
         schedule = EditSchedule.build(T, c.self_replace_steps, c.cross_replace_steps, c.mutual_layers,
                                       c.mutual_end_step, c.cross_layers, sa1_tokens, c.sa1, c.sa2, c.cross)
+        region = inversion.masks if c.edit_target == "object" else ~inversion.masks  # what SA-II must not copy
         ctx = EditContext(clock, schedule, F_, {k: v.to(m.device) for k, v in
-                                               masks_by_tokens(inversion.masks.to(m.device), latent_hw).items()})
+                                               masks_by_tokens(region.to(m.device), latent_hw).items()})
         blend = None
         if p.blend_words_source or p.blend_words_target:
             st = sorted({i for w in p.blend_words_source for i in word_token_indices(source_prompt, w, tok)})

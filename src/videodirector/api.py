@@ -1,0 +1,175 @@
+"""Python API mirroring the CLI.
+
+    from videodirector import api
+    editor = api.Editor(api.load_config("edit.yaml"))
+    inversion = editor.invert()                       # cached: a second call with the same inputs loads it
+    result = editor.edit(inversion, "a tiger walking on rocky terrain")
+    editor.save(result, inversion, "out/tiger")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import __version__
+from .config import EditConfig, apply_overrides, load_config  # noqa: F401  (re-exported)
+from .errors import DeviceOutOfMemoryError, InputError, UserError
+from .io.masks import check_masks_match, load_masks
+from .io.outputs import atomic_folder, contact_sheet, hstack_videos, mask_overlay, to_uint8, write_json, write_video
+from .io.video import load_video, read_frames
+from .methods import videodirector as _vd  # noqa: F401  (registers the methods)
+from .methods.base import METHODS, EditResult, Inversion, Progress, no_progress
+from .models.loading import ModelBundle, load_models
+
+BUNDLED_WEIGHTS = Path(__file__).parent / "world" / "weights"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VIDEODIRECTOR_CACHE", Path.home() / ".cache" / "videodirector")) / "inversions"
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"videodirector": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def method_config(name: str, cfg: EditConfig) -> EditConfig:
+    """``cfg`` with the overrides of the registered method or variant ``name``."""
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return apply_overrides(cfg, METHODS[name][1])
+
+
+def oom_guard(fn):  # noqa: ANN001, ANN201
+    """Turn a CUDA out-of-memory error into a one-line message naming the flags that help."""
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return fn(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise DeviceOutOfMemoryError(
+                "GPU out of memory; try --gradient-checkpointing, --dtype bfloat16, fewer --frames or a smaller "
+                "--height/--width, or --fast-inversion direct") from None
+
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class Editor:
+    """Loads models once; inverts videos (with a cache) and edits them with any registered method."""
+
+    def __init__(self, cfg: EditConfig, method: str = "videodirector", models: ModelBundle | None = None,
+                 cache_dir: str | Path | None = None) -> None:
+        self.cfg = method_config(method, cfg)
+        self.method_name = method
+        self.models = models or load_models(self.cfg.model)
+        self.method = METHODS[method][0](self.models, self.cfg)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    # ---------------------------------------------------------------- inputs
+    def load_inputs(self) -> tuple[Tensor, Tensor]:
+        """Frames ``(F, 3, H, W)`` and masks ``(F, 1, H, W)`` from ``cfg.input`` (full-frame mask if none given)."""
+        i = self.cfg.input
+        if not i.video:
+            raise InputError("no input video; pass --video PATH or set input.video in the config")
+        frames = load_video(i.video, i.num_frames, i.height, i.width, i.resize_mode)
+        if i.masks:
+            n_video = len(read_frames(i.video)) if Path(i.video).exists() else None
+            masks = load_masks(i.masks, i.num_frames, i.height, i.width, n_video, i.resize_mode, i.ellipse_mask)
+        else:
+            masks = torch.ones(frames.shape[0], 1, *frames.shape[-2:], dtype=torch.bool)
+        check_masks_match(masks, frames)
+        return frames, masks
+
+    def cache_key(self, frames: Tensor, masks: Tensor, source_prompt: str) -> str:
+        h = hashlib.sha256()
+        h.update(frames.numpy().tobytes() if frames.dtype == torch.uint8 else to_uint8(frames).tobytes())
+        h.update(masks.to(torch.uint8).numpy().tobytes())
+        settings = {"method": self.method_name, "source": source_prompt, "negative": self.cfg.prompts.negative,
+                    "inversion": asdict(self.cfg.inversion), "stdg": asdict(self.cfg.stdg), "seed": self.cfg.seed,
+                    "models": self.models.fingerprint()}
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        return h.hexdigest()[:24]
+
+    # ---------------------------------------------------------------- stages
+    @oom_guard
+    def invert(self, frames: Tensor | None = None, masks: Tensor | None = None, source_prompt: str | None = None,
+               progress: Progress = no_progress, use_cache: bool = True, overwrite_cache: bool = False) -> Inversion:
+        """Stage 1, cached by a hash of video, masks, prompt, model and settings."""
+        if frames is None or masks is None:
+            frames, masks = self.load_inputs()
+        source_prompt = source_prompt if source_prompt is not None else self.cfg.prompts.source
+        if not source_prompt:
+            raise InputError("no source prompt; pass --source-prompt describing the input video")
+        check_masks_match(masks, frames)
+        key = self.cache_key(frames, masks, source_prompt)
+        folder = self.cache_dir / key
+        if use_cache and not overwrite_cache and (folder / "inversion.safetensors").is_file():
+            inv = Inversion.load(folder)
+            inv.meta["cache"] = {"key": key, "hit": True, "folder": str(folder)}
+            return inv
+        inv = self.method.invert(frames, masks, source_prompt, progress)
+        inv.meta["cache"] = {"key": key, "hit": False, "folder": str(folder)}
+        if use_cache:
+            with atomic_folder(folder, overwrite=overwrite_cache or folder.exists()) as tmp:
+                inv.save(tmp)
+        return inv
+
+    @oom_guard
+    def edit(self, inversion: Inversion, target_prompt: str | None = None, progress: Progress = no_progress) -> EditResult:
+        target = target_prompt if target_prompt is not None else self.cfg.prompts.target
+        if not target:
+            raise InputError("no target prompt; pass --target-prompt with the edited description")
+        return self.method.edit(inversion, target, progress)
+
+    # ---------------------------------------------------------------- outputs
+    def save(self, result: EditResult, inversion: Inversion, out: str | Path, overwrite: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write edited.mp4/.gif, side_by_side.mp4 (source | edited | mask overlay), contact_sheet.png, result.json."""
+        fps = self.cfg.output.fps
+        src = to_uint8(inversion.source_frames)
+        edited = to_uint8(result.frames)
+        overlay = mask_overlay(src, inversion.masks)
+        with atomic_folder(out, overwrite) as tmp:
+            write_video(tmp / "edited.mp4", edited, fps)
+            write_video(tmp / "edited.gif", edited, fps)
+            write_video(tmp / "side_by_side.mp4", hstack_videos([src, edited, overlay]), fps)
+            contact_sheet({"source": src, "edited": edited, "mask": overlay, **(extra or {}).get("rows", {})},
+                          tmp / "contact_sheet.png")
+            write_json(tmp / "result.json", {
+                "method": self.method_name, "source_prompt": inversion.meta.get("source_prompt"),
+                "target_prompt": result.target_prompt, "seed": self.cfg.seed, "config": self.cfg.to_dict(),
+                "timings": {"inversion": inversion.meta.get("timings", {}), "edit": result.timings},
+                "inversion_cache": inversion.meta.get("cache"), "mean_null_inner_iterations":
+                    inversion.meta.get("mean_inner_iterations"), "versions": versions(),
+                "device": str(self.models.device), "dtype": str(self.models.dtype),
+                **{k: v for k, v in (extra or {}).items() if k != "rows"},
+            })
+        return Path(out)
+
+
+def bundled_model_config(device: str = "auto") -> dict[str, Any]:
+    """Overrides that point a config at the bundled ShapeWorld models."""
+    if not (BUNDLED_WEIGHTS / "sd" / "unet" / "config.json").is_file():
+        raise UserError(f"bundled ShapeWorld weights missing in {BUNDLED_WEIGHTS}; reinstall videodirector")
+    return {"model.base": str(BUNDLED_WEIGHTS / "sd"), "model.motion_adapter": str(BUNDLED_WEIGHTS / "motion_adapter"),
+            "model.local_files_only": True, "model.device": device}
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:  # noqa: ANN001
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
