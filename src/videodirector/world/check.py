@@ -1,0 +1,171 @@
+"""Quality gate of the bundled ShapeWorld models.
+
+    python -m videodirector.world.check [--captions 64] [--steps 25] [--device auto]
+
+Writes ``benchmarks/results/world_check.json`` with:
+
+* ``colour_acc``, ``shape_acc``, ``motion_acc``: generated clips (held-out seeds, CFG 4, DDIM) are
+  analysed from their pixels by rules: object pixels are those nearer an object colour than the
+  caption's background shades; colour = majority nearest object colour; shape = best IoU against the
+  four shape templates at the object's centroid and area; motion = centroid displacement (8
+  directions) or area change (growing/shrinking). Target: >= 0.90 each.
+* ``vae_psnr``: VAE reconstruction of held-out frames (target >= 32 dB).
+* ``inversion_psnr``: DDIM inversion without CFG, then reconstruction, against the VAE reconstruction
+  (target >= 30 dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..api import bundled_model_config
+from ..config import EditConfig, apply_overrides
+from ..diffusion.ddim import cfg_combine, ddim_invert, ddim_sample, leading_timesteps, linspace_timesteps
+from ..io.outputs import write_json
+from ..metrics.ground_truth import centroids, psnr
+from ..models.loading import load_models
+from .scene import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, _shape_sdfs, render, sample_clip
+
+HELD_OUT_SEEDS = range(0, 10_000)  # training uses seeds >= 1_000_000
+
+
+def object_mask(video: torch.Tensor, background: str) -> torch.Tensor:
+    """``(F, 1, H, W)``: pixels nearer an object colour than any shade of the background colour."""
+    v = (video.clamp(-1, 1) + 1) / 2
+    obj = torch.tensor(list(OBJECT_COLOURS.values()), dtype=torch.float32) / 255  # (K, 3)
+    bg = torch.tensor(BACKGROUND_COLOURS[background], dtype=torch.float32) / 255
+    shades = torch.stack([bg * s for s in torch.linspace(0.45, 1.15, 15)])  # (S, 3)
+    px = v.permute(0, 2, 3, 1)[..., None, :]  # (F, H, W, 1, 3)
+    d_obj = ((px - obj) ** 2).sum(-1).min(-1).values
+    d_bg = ((px - shades) ** 2).sum(-1).min(-1).values
+    return (d_obj < d_bg)[:, None]
+
+
+def classify(video: torch.Tensor, background: str) -> dict[str, str | None]:
+    """Colour, shape and motion read from the pixels of a generated clip."""
+    m = object_mask(video, background)
+    if m.sum() < 20:
+        return {"colour": None, "shape": None, "motion": None}
+    v = (video.clamp(-1, 1) + 1) / 2
+    obj = torch.tensor(list(OBJECT_COLOURS.values()), dtype=torch.float32) / 255
+    px = v.permute(0, 2, 3, 1)[m[:, 0]]
+    nearest = ((px[:, None] - obj) ** 2).sum(-1).argmin(-1)
+    colour = list(OBJECT_COLOURS)[int(torch.bincount(nearest, minlength=len(obj)).argmax())]
+    f, _, h, w = m.shape
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    c = centroids(m)
+    area = m[:, 0].float().sum((1, 2))
+    votes = torch.zeros(len(SHAPES))
+    for i in range(f):
+        if area[i] < 10 or torch.isnan(c[i]).any():
+            continue
+        best, best_iou = 0, -1.0
+        for s_i in range(len(SHAPES)):
+            lo, hi = 1.0, 30.0
+            for _ in range(20):  # radius giving the same area
+                r = (lo + hi) / 2
+                a = (_shape_sdfs(xs - c[i, 0], ys - c[i, 1], torch.tensor(r), torch.tensor(0.0))[s_i] < 0).sum()
+                lo, hi = (r, hi) if a < area[i] else (lo, r)
+            tmpl = _shape_sdfs(xs - c[i, 0], ys - c[i, 1], torch.tensor(r), torch.tensor(0.0))[s_i] < 0
+            iou = float((tmpl & m[i, 0]).sum() / (tmpl | m[i, 0]).sum())
+            if iou > best_iou:
+                best, best_iou = s_i, iou
+        votes[best] += 1
+    shape = SHAPES[int(votes.argmax())]
+    valid = ~torch.isnan(c).any(1)
+    idx = valid.nonzero()[:, 0]
+    if len(idx) < 4:
+        return {"colour": colour, "shape": shape, "motion": None}
+    first, last = idx[:3], idx[-3:]
+    d = c[last].mean(0) - c[first].mean(0)
+    ratio = float(area[last].mean() / area[first].mean().clamp_min(1))
+    if d.norm() < 6 and (ratio > 1.5 or ratio < 1 / 1.5):
+        motion = "growing" if ratio > 1 else "shrinking"
+    else:
+        ang = math.atan2(float(d[1]), float(d[0]))
+        best_m, best_cos = None, -2.0
+        for name, (dx, dy) in MOTIONS.items():
+            if dx == dy == 0:
+                continue
+            cos = (dx * math.cos(ang) + dy * math.sin(ang)) / math.hypot(dx, dy)
+            if cos > best_cos:
+                best_m, best_cos = name, cos
+        motion = best_m
+    return {"colour": colour, "shape": shape, "motion": motion}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m videodirector.world.check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--captions", type=int, default=64)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--inversions", type=int, default=8)
+    p.add_argument("--inversion-steps", type=int, default=50)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/world_check.json"))
+    args = p.parse_args(argv)
+    cfg = apply_overrides(EditConfig(), bundled_model_config(args.device))
+    m = load_models(cfg.model)
+    t0 = time.time()
+    # VAE
+    specs = [sample_clip(s) for s in range(32)]
+    vids, _ = render(specs)
+    frames = vids[:, ::4].flatten(0, 1)
+    rec = m.decode_latents(m.encode_video(frames, sample=False)).cpu()
+    vae_psnr = psnr(rec, frames)
+    # inversion without CFG
+    inv_psnrs = []
+    for spec in specs[: args.inversions]:
+        v = render(spec)[0][0]
+        z0 = m.encode_video(v, sample=False)
+        cond = m.encode_prompt([spec.caption()]).expand(v.shape[0], -1, -1)
+        ts = linspace_timesteps(args.inversion_steps)
+        with torch.no_grad():
+            lat = ddim_invert(lambda z, t: m.eps(z, t, cond), z0, m.schedule, ts)
+            zr = ddim_sample(lambda z, t: m.eps(z, t, cond), lat[-1][None], m.schedule, ts)
+        inv_psnrs.append(psnr(m.decode_latents(zr).cpu(), m.decode_latents(z0).cpu()))
+    # generation accuracy
+    hits = {"colour": 0, "shape": 0, "motion": 0}
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for k in range(args.captions):
+        spec = sample_clip(100 + k, motion=list(MOTIONS)[k % len(MOTIONS)], distractor_prob=0.0)
+        cond, unc = m.encode_prompt([spec.caption(), ""]).chunk(2)
+        emb = torch.cat([unc.expand(16, -1, -1), cond.expand(16, -1, -1)])
+
+        def eps(z: torch.Tensor, t: int) -> torch.Tensor:
+            e = m.eps(torch.cat([z, z]), t, emb)
+            return cfg_combine(e[1:], e[:1], 3.0)
+
+        z = torch.randn(1, 4, 16, 16, 16, generator=g).to(m.device, m.dtype)
+        with torch.no_grad():
+            z = ddim_sample(eps, z, m.schedule, leading_timesteps(args.steps))
+        got = classify(m.decode_latents(z).cpu(), spec.background)
+        for a in hits:
+            hits[a] += int(got[a] == getattr(spec, a))
+        rows.append({"caption": spec.caption(), **{f"got_{a}": got[a] for a in hits}})
+    n = args.captions
+    result = {
+        "colour_acc": hits["colour"] / n, "shape_acc": hits["shape"] / n, "motion_acc": hits["motion"] / n,
+        "vae_psnr": vae_psnr, "inversion_psnr": sum(inv_psnrs) / len(inv_psnrs),
+        "targets": {"colour_acc": 0.9, "shape_acc": 0.9, "motion_acc": 0.9, "vae_psnr": 32, "inversion_psnr": 30},
+        "settings": {"captions": n, "sampling_steps": args.steps, "cfg": "eps_c + 3 (eps_c - eps_u)",
+                     "inversions": args.inversions, "inversion_steps": args.inversion_steps,
+                     "device": str(m.device), "seconds": time.time() - t0},
+        "training": json.loads((Path(cfg.model.base).parent / "training.json").read_text()),
+        "per_caption": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k.endswith(("acc", "psnr"))}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Every user mistake gives one clear line (exit 2), never a traceback."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from videodirector import cli
+from videodirector.io.outputs import to_uint8, write_video
+
+from conftest import toy_inputs
+
+
+def run_cli(args, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["videodirector", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err
+    return exc.value.code, " ".join(err.split())
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    frames, masks = toy_inputs(frames=16)
+    write_video(tmp_path / "v.mp4", to_uint8(frames))
+    from PIL import Image
+
+    (tmp_path / "m").mkdir()
+    for i, m in enumerate(masks):
+        Image.fromarray((m[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "m" / f"{i:04d}.png")
+    return tmp_path
+
+
+def _base(tiny_paths, inputs):
+    return ["edit", "--video", str(inputs / "v.mp4"), "--masks", str(inputs / "m"), "--source-prompt",
+            "a red circle moving right", "--target-prompt", "a blue circle moving right", "--base", str(tiny_paths[0]),
+            "--motion-adapter", str(tiny_paths[1]), "--device", "cpu", "--height", "64", "--width", "64",
+            "--steps", "2", "--inner-steps", "1", "--out", str(inputs / "out"), "--cache-dir", str(inputs / "cache")]
+
+
+CASES = {
+    "missing file": (lambda b, d: [*b, "--video", str(d / "nope.mp4")], "video not found"),
+    "unreadable video": (lambda b, d: [*b, "--video", str(d / "bad.mp4")], "cannot read video"),
+    "mask count": (lambda b, d: [*b, "--masks", str(d / "m3")], "3 masks"),
+    "mask size": (lambda b, d: [*b, "--masks", str(d / "msize")], "masks"),
+    "edit word absent": (lambda b, d: [*b, "--edit-words", "zebra"], "'zebra' does not appear"),
+    "too many frames": (lambda b, d: [*b, "--frames", "40"], "1 to 32 frames"),
+    "frames beyond video": (lambda b, d: [*b, "--frames", "24"], "has 16 frames but 24"),
+    "unknown config key": (lambda b, d: ["edit", str(d / "bad.yaml")], "unknown config key 'inversion.stepz'"),
+    "missing weights": (lambda b, d: [*b, "--base", str(d / "no_sd")], "SD 1.5 weights not found"),
+    "missing adapter": (lambda b, d: [*b, "--motion-adapter", str(d / "mm.ckpt")], "motion adapter checkpoint not found"),
+    "bad size": (lambda b, d: [*b, "--height", "60"], "multiples of 8"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_clear_line(case, tiny_paths, inputs, capsys, monkeypatch):
+    d = inputs
+    (d / "bad.mp4").write_bytes(b"not a video")
+    (d / "bad.yaml").write_text("inversion:\n  stepz: 3\n")
+    (d / "m3").mkdir()
+    (d / "msize").mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "m3" / f"{i}.png")
+    for i in range(16):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "msize" / f"{i:02d}.png")
+    make, expected = CASES[case]
+    code, err = run_cli(make(_base(tiny_paths, d), d), capsys, monkeypatch)
+    assert code == 2
+    assert expected in err, err
+    assert "Traceback" not in err and err.startswith("error:")
+
+
+def test_gpu_out_of_memory_names_the_flags(tiny_paths, inputs, capsys, monkeypatch):
+    from videodirector.methods.videodirector import VideoDirector
+
+    def boom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(VideoDirector, "invert", boom)
+    code, err = run_cli(_base(tiny_paths, inputs), capsys, monkeypatch)
+    assert code == 2 and "--gradient-checkpointing" in err
+
+
+def test_existing_output_is_not_overwritten(tiny_paths, inputs, capsys, monkeypatch):
+    (inputs / "out").mkdir()
+    (inputs / "out" / "keep.txt").write_text("mine")
+    code, err = run_cli(_base(tiny_paths, inputs), capsys, monkeypatch)
+    assert code == 2 and "--overwrite" in err and (inputs / "out" / "keep.txt").read_text() == "mine"

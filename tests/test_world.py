@@ -1,0 +1,50 @@
+import torch
+
+from videodirector.api import BUNDLED_WEIGHTS, bundled_model_config
+from videodirector.bench.runner import run_case, shapeworld_suite
+from videodirector.config import EditConfig, apply_overrides
+from videodirector.models.loading import load_models
+from videodirector.world.evaluate import score_edit
+from videodirector.world.scene import render, sample_clip
+
+
+def test_generator_is_deterministic():
+    assert sample_clip(123) == sample_clip(123) and sample_clip(123) != sample_clip(124)
+    a, ma = render(sample_clip(123))
+    b, mb = render(sample_clip(123))
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+
+
+def test_ground_truth_edits_change_only_what_they_name():
+    s = sample_clip(7, distractor_prob=1.0)
+    v, m = (x[0] for x in render(s))
+    for change in ({"colour": "blue" if s.colour != "blue" else "red"}, {"shape": "square" if s.shape != "square" else "circle"}):
+        t = s.edited(**change)
+        vt, mt = (x[0] for x in render(t))
+        outside = ~(m | mt)
+        assert (vt - v).abs()[outside.expand_as(v)].max() < 1e-6
+        assert (vt - v).abs().max() > 0.1
+        assert t.centres_and_radii()[0].tolist() == s.centres_and_radii()[0].tolist()
+    t = s.edited(background="orange" if s.background != "orange" else "teal")
+    vt, mt = (x[0] for x in render(t))
+    assert torch.equal(m, mt) and (vt - v).abs()[m.expand_as(v)].max() < 1e-6
+    assert "with a gray box" in s.caption()
+
+
+def test_bundled_models_load_through_the_common_loader():
+    m = load_models(apply_overrides(EditConfig(), bundled_model_config("cpu")).model)
+    assert type(m.unet).__name__ == "UNetMotionModel" and m.vae_scale_factor == 4
+    assert sum(f.stat().st_size for f in BUNDLED_WEIGHTS.rglob("*") if f.is_file()) <= 40 * 2**20
+    assert max(f.stat().st_size for f in BUNDLED_WEIGHTS.rglob("*") if f.is_file()) <= 15 * 2**20
+
+
+def test_short_end_to_end_edit_beats_an_unedited_copy():
+    case = shapeworld_suite()[0]  # a colour swap
+    base = apply_overrides(EditConfig(), {**bundled_model_config("cpu"), "input.height": 64, "input.width": 64,
+                                          "inversion.num_steps": 8, "inversion.null_inner_steps": 1})
+    models = load_models(base.model)
+    scores, _ = run_case(models, base, "videodirector", case)
+    copy = score_edit(render(case.source)[0][0], case.source, case.target)
+    assert copy["edit_accuracy"] == 0.0
+    assert scores["edit_accuracy"] > copy["edit_accuracy"] + 0.5, scores
+    assert scores["trajectory_error_px"] < 4.0 and scores["background_psnr"] > 15.0
