@@ -34,6 +34,28 @@ from .models.loading import ModelBundle, load_models
 BUNDLED_WEIGHTS = Path(__file__).parent / "world" / "weights"
 
 
+def load_inputs(cfg: EditConfig) -> tuple[Tensor, Tensor]:
+    """Frames ``(F, 3, H, W)`` and masks ``(F, 1, H, W)`` from ``cfg.input`` (full-frame mask if none given)."""
+    i = cfg.input
+    if not i.video:
+        raise InputError("no input video; pass --video PATH or set input.video in the config")
+    frames = load_video(i.video, i.num_frames, i.height, i.width, i.resize_mode)
+    if i.masks:
+        video_frames = read_frames(i.video)
+        n_video = len(video_frames)
+        from .io.masks import read_mask_frames
+
+        mh, mw = read_mask_frames(i.masks).shape[1:3]
+        if (mh, mw) != video_frames.shape[1:3]:
+            raise InputError(f"mask size {mh}x{mw} differs from video size {video_frames.shape[1]}x{video_frames.shape[2]}; "
+                             "give masks at the video's resolution")
+        masks = load_masks(i.masks, i.num_frames, i.height, i.width, n_video, i.resize_mode, i.ellipse_mask)
+    else:
+        masks = torch.ones(frames.shape[0], 1, *frames.shape[-2:], dtype=torch.bool)
+    check_masks_match(masks, frames)
+    return frames, masks
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("VIDEODIRECTOR_CACHE", Path.home() / ".cache" / "videodirector")) / "inversions"
 
@@ -81,18 +103,16 @@ class Editor:
 
     # ---------------------------------------------------------------- inputs
     def load_inputs(self) -> tuple[Tensor, Tensor]:
-        """Frames ``(F, 3, H, W)`` and masks ``(F, 1, H, W)`` from ``cfg.input`` (full-frame mask if none given)."""
-        i = self.cfg.input
-        if not i.video:
-            raise InputError("no input video; pass --video PATH or set input.video in the config")
-        frames = load_video(i.video, i.num_frames, i.height, i.width, i.resize_mode)
-        if i.masks:
-            n_video = len(read_frames(i.video)) if Path(i.video).exists() else None
-            masks = load_masks(i.masks, i.num_frames, i.height, i.width, n_video, i.resize_mode, i.ellipse_mask)
-        else:
-            masks = torch.ones(frames.shape[0], 1, *frames.shape[-2:], dtype=torch.bool)
-        check_masks_match(masks, frames)
-        return frames, masks
+        return load_inputs(self.cfg)
+
+    def check_prompts(self, target_prompt: str | None = None) -> None:
+        """Fail fast (before any inversion) on prompt words that the edit cannot find."""
+        from .attention.seq_align import require_words
+
+        p, tok = self.cfg.prompts, self.models.tokenizer
+        require_words(target_prompt or p.target, p.equalizer_words, tok, "edit")
+        require_words(p.source, p.blend_words_source, tok, "local-blend source")
+        require_words(target_prompt or p.target, p.blend_words_target, tok, "local-blend target")
 
     def cache_key(self, frames: Tensor, masks: Tensor, source_prompt: str) -> str:
         h = hashlib.sha256()

@@ -40,6 +40,20 @@ def progress_bar():  # noqa: ANN201
         yield callback
 
 
+def _quiet() -> None:
+    """Hide library progress bars and warnings that say nothing to a user of this tool."""
+    import logging
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+
+
 def _force_progress() -> bool:
     import os
 
@@ -130,14 +144,17 @@ def edit(
 ) -> None:
     """Invert (or load the cached inversion) and edit a video; writes edited.mp4/.gif, side_by_side.mp4,
     contact_sheet.png and result.json."""
-    from .api import Editor
+    from .api import Editor, load_inputs
 
     cfg = _config(config, _overrides(**locals()))
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} already exists; pass --overwrite to replace it or choose --out")
+    frames_, masks_ = load_inputs(cfg)  # input mistakes surface before any model loads
+    _quiet()
     editor = Editor(cfg, method=method, cache_dir=cache_dir)
+    editor.check_prompts()
     with progress_bar() as cb:
-        inv = editor.invert(progress=cb, use_cache=not no_cache)
+        inv = editor.invert(frames_, masks_, progress=cb, use_cache=not no_cache)
         if inv.meta.get("cache", {}).get("hit"):
             console.print(f"using cached inversion {inv.meta['cache']['folder']}")
         res = editor.edit(inv, progress=cb)
@@ -160,12 +177,14 @@ def invert(
 ) -> None:
     """Run stage 1 only and store the inversion (latents, null-text, STDG) in the cache, keyed by a hash of
     video, masks, prompt, model and settings; later 'edit' runs with new target prompts reuse it."""
-    from .api import Editor
+    from .api import Editor, load_inputs
 
     cfg = _config(config, _overrides(**locals()))
+    frames_, masks_ = load_inputs(cfg)
+    _quiet()
     editor = Editor(cfg, method=method, cache_dir=cache_dir)
     with progress_bar() as cb:
-        inv = editor.invert(progress=cb, overwrite_cache=overwrite)
+        inv = editor.invert(frames_, masks_, progress=cb, overwrite_cache=overwrite)
     c = inv.meta["cache"]
     console.print(f"{'already cached' if c['hit'] else 'cached'}: {c['folder']}")
 
@@ -182,6 +201,7 @@ def demo(
     background edit teal -> orange; writes outputs, ground truth and metrics.json."""
     from .world.demo import run_demo
 
+    _quiet()
     if out.exists() and not overwrite:
         raise UserError(f"output folder {out} already exists; pass --overwrite to replace it or choose --out")
     with progress_bar() as cb:
@@ -229,6 +249,7 @@ def bench(
             typer.echo(f"{name:22s} {doc}")
         return
     names = methods.split(",") if methods else None
+    _quiet()
     with progress_bar() as cb:
         summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb)
     console.print(f"wrote {results / suite}/summary.json and report.md ({len(summary)} methods)")
