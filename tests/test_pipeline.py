@@ -79,3 +79,16 @@ def test_ellipse_mask_is_a_superset_and_fills_a_thin_shape():
     m[20:44, 30:32] = True  # crossed by another: the ellipse covers the gaps
     e = ellipse_mask(m)
     assert (e | m).sum() == e.sum() and e.sum() > 1.3 * m.sum()
+
+
+def test_reference_cost_mode_gives_the_same_inversion(tiny_cfg, tiny_models):
+    """The speed-ups (one STDG backward, zero terms skipped, frozen UNet, no cache clearing) change nothing."""
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 3, "stdg.coefficients": [0.5, 0.5, 0.0, 0.5]})
+    fast = Editor(cfg, models=tiny_models).method.invert(frames, masks, "a red circle moving right")
+    ref = Editor(apply_overrides(cfg, {"inversion.reference_cost": True}), models=tiny_models).method.invert(
+        frames, masks, "a red circle moving right")
+    assert torch.allclose(fast.guidance, ref.guidance, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(fast.reconstruction, ref.reconstruction, atol=1e-4)
+    assert fast.guidance[1:].abs().mean() > 0
+    assert not any(p.requires_grad for p in tiny_models.unet.parameters())

@@ -108,6 +108,9 @@ class InversionConfig:
     early_stop_epsilon: float = 1e-5
     early_stop_slope: float = 2e-5
     """Inner loop stops when loss < epsilon + slope * i (official hard-coded 2e-5)."""
+    reference_cost: bool = False
+    """Benchmark only: keep the official cost structure (four separate STDG gradients each with its own
+    reference forward, unfrozen UNet parameters, cache clearing every inner iteration). Same results."""
     fast: Literal["none", "negative_prompt", "direct"] = "none"
     """Beyond the paper: ``negative_prompt`` (NPI: null = source embedding, no optimisation) or
     ``direct`` (PnP-Inversion style: store the per-step latent offset instead of optimising)."""

@@ -45,6 +45,7 @@ def null_text_step(
     lr: float,
     inner_steps: int,
     stop_below: float,
+    after_iteration: Callable[[], None] | None = None,
 ) -> NullTextStep:
     """Optimise ``φ_t`` for one timestep (Algorithm I lines 11-16).
 
@@ -67,6 +68,8 @@ def null_text_step(
         opt.step()
         iters += 1
         last = loss.item()
+        if after_iteration is not None:
+            after_iteration()
         if last < stop_below:
             break
     phi = phi.detach()

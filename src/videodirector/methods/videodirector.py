@@ -165,13 +165,30 @@ class VideoDirector:
             phi = neg.expand(num_frames, -1, -1).clone()
         else:
             phi = neg.clone()
+        if inv.reference_cost:  # official: parameters never frozen, so every backward builds weight gradients
+            m.unet.requires_grad_(True)
+        try:
+            return self._pivotal_loop(latents, timesteps, delta, cond_f, neg, num_frames, tok_masks, use_stdg, setup,
+                                      recorder, processors, phi, progress)
+        finally:
+            m.unet.requires_grad_(False)
+            for p_ in m.unet.parameters():
+                p_.grad = None
+
+    def _pivotal_loop(self, latents, timesteps, delta, cond_f, neg, num_frames, tok_masks, use_stdg, setup,  # noqa: ANN001
+                      recorder, processors, phi, progress):  # noqa: ANN001, ANN202
+        cfg, m = self.cfg, self.models
+        inv, s = cfg.inversion, cfg.stdg
+        T = len(timesteps)
         nulls, guides, iters = [], [], []
         z = latents[T][None]
         with installed(m.unet, processors):
             for i, t in enumerate(timesteps):
                 z_ref, target = latents[T - i][None], latents[T - i - 1][None]
                 a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
-                if use_stdg and not torch.equal(z, z_ref):
+                if use_stdg and inv.reference_cost:
+                    g, eps_c = self._reference_stdg(recorder, z, z_ref, t, cond_f, tok_masks, setup)
+                elif use_stdg and not torch.equal(z, z_ref):
                     g, eps_c = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, setup, s.threshold)
                 else:  # at t = T the current latent is z*_T, so every STDG loss and G are exactly zero
                     with torch.no_grad():
@@ -186,6 +203,7 @@ class VideoDirector:
                     step = null_text_step(
                         lambda zz, e, t=t: m.eps(zz, t, e), eps_c, z, target, phi, a_t, a_p, g, s.guidance_scale,
                         inv.guidance_scale, lr, inv.null_inner_steps, inv.early_stop_epsilon + inv.early_stop_slope * i,
+                        _clear_caches if inv.reference_cost else None,
                     )
                     phi, z = step.phi, step.z_next
                     nulls.append(phi)
@@ -194,6 +212,23 @@ class VideoDirector:
                     guides.append(g[0])
                 progress("null-text" if inv.null_text != "none" else "trajectory", i + 1, T)
         return (torch.stack(nulls) if nulls else None, torch.stack(guides) if guides else None, z, iters)
+
+    def _reference_stdg(self, recorder, z, z_ref, t, cond_f, tok_masks, setup):  # noqa: ANN001, ANN202
+        """Official cost structure (spec §4.2): four gradients, each with its own reference and grad forward
+        (zero-weight terms included), then one more forward for ε_c. Same G as :func:`stdg_guidance`."""
+        from dataclasses import replace as dc_replace
+
+        m = self.models
+        total = torch.zeros_like(z)
+        for k, w in enumerate(setup.coefficients):
+            one = [0.0, 0.0, 0.0, 0.0]
+            one[k] = 1.0
+            g_k, _ = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, dc_replace(setup, coefficients=tuple(one)))
+            total = total + w * g_k
+            _clear_caches()
+        with torch.no_grad():
+            eps_c = m.eps(z, t, cond_f)
+        return total, eps_c
 
     # ------------------------------------------------------------------ stage 2
 
@@ -281,6 +316,15 @@ class VideoDirector:
         """Decode the end of the stage-1 trajectory: what inversion alone gives back, ``(F, 3, H, W)``."""
         z = inversion.reconstruction if inversion.reconstruction is not None else inversion.latents[0][None]
         return self.models.decode_latents(z.to(self.models.device))
+
+
+def _clear_caches() -> None:
+    """What the official code does after every STDG call and null-text iteration (spec §9)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _make(models: ModelBundle, cfg: EditConfig) -> VideoDirector:
