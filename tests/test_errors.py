@@ -64,7 +64,7 @@ def test_bad_input_gives_one_clear_line(case, tiny_paths, inputs, capsys, monkey
     from PIL import Image
 
     for i in range(3):
-        Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "m3" / f"{i}.png")
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(d / "m3" / f"{i}.png")
     for i in range(16):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "msize" / f"{i:02d}.png")
     make, expected = CASES[case]

@@ -1,0 +1,148 @@
+"""Full-size speed and memory of a VideoDirector edit (issue 5).
+
+Builds the real architectures from their configs: SD 1.5 UNet + AnimateDiff v3 motion adapter, the SD
+VAE and a CLIP ViT-L/14 text encoder. Weights are random, or real when ``--base``/``--motion-adapter``
+are given. Then it runs the complete pipeline on a 16 x 512 x 512 clip with 50 steps:
+
+- VAE encode;
+- DDIM inversion;
+- null-text optimisation with STDG, fixed at 10 inner iterations per step (the worst case: random
+  weights make early stopping meaningless);
+- editing with SA-I/SA-II and cross-attention control;
+- decode.
+
+Writes ``benchmarks/results/speed_<gpu>.json`` and a markdown table. With ``--reference`` the same
+inputs also run in the official cost structure (``inversion.reference_cost``). The script reports
+the ratio and the largest output difference.
+
+    python benchmarks/speed.py [--frames 16 --size 512 --steps 50 --reference --fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, write  # noqa: E402
+
+from videodirector.config import EditConfig, apply_overrides  # noqa: E402
+from videodirector.diffusion.ddim import NoiseSchedule  # noqa: E402
+from videodirector.methods.videodirector import VideoDirector  # noqa: E402
+from videodirector.models.loading import ANIMATEDIFF_SCHEDULER, ModelBundle, load_models  # noqa: E402
+from videodirector.models.tokenizer import build_clip_tokenizer  # noqa: E402
+
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=[320, 640, 1280, 1280],
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=768,
+                 attention_head_dim=8)
+ADAPTER_V3 = dict(block_out_channels=[320, 640, 1280, 1280], motion_layers_per_block=2, motion_num_attention_heads=8,
+                  motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=False)
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
+              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2,
+              sample_size=512, scaling_factor=0.18215)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+WORDS = "a brown bear walking on rocky terrain next to stone wall tiger".split()
+
+
+def random_bundle(device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**SD15_UNET), MotionAdapter(**ADAPTER_V3))
+    vae = AutoencoderKL(**SD_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**CLIP_L))
+    tok = CLIPTokenizer.from_pretrained(build_clip_tokenizer(WORDS, tempfile.mkdtemp()))
+    for mod in (unet, vae, text):
+        mod.requires_grad_(False).eval().to(device=device, dtype=dtype)
+    return ModelBundle(unet, vae, text, tok, NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER), device, dtype,
+                       {"base": "random:sd15", "motion_adapter": "random:v3"})
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run(vd: VideoDirector, frames: torch.Tensor, masks: torch.Tensor) -> dict:
+    sync()
+    t0 = time.perf_counter()
+    inv = vd.invert(frames, masks, "A brown bear, walking on rocky terrain, next to a stone wall.")
+    sync()
+    t_inv = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = vd.edit(inv, "A tiger, walking on rocky terrain, next to a stone wall.")
+    sync()
+    t_edit = time.perf_counter() - t0
+    return {"inversion": inv, "result": res, "invert_s": t_inv, "edit_only_s": t_edit,
+            "stages": {**inv.meta["timings"], **res.timings}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--inner", type=int, default=10)
+    p.add_argument("--reference", action="store_true", help="also run the official cost structure")
+    p.add_argument("--fast", action="store_true", help="also time --fast-inversion direct")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--base", default=None)
+    p.add_argument("--motion-adapter", default=None)
+    p.add_argument("--name", default=None)
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner,
+            "inversion.early_stop_epsilon": -1.0, "inversion.early_stop_slope": 0.0,  # never stop early
+            "input.height": args.size, "input.width": args.size, "input.num_frames": args.frames}
+    cfg = apply_overrides(EditConfig(), over)
+    if args.base:
+        cfg = apply_overrides(cfg, {"model.base": args.base, "model.motion_adapter": args.motion_adapter,
+                                    "model.device": str(device)})
+        models = load_models(cfg.model)
+    else:
+        models = random_bundle(device, dtype)
+    if args.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+        models.unet.train()
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(args.frames, 3, args.size, args.size, generator=g) * 2 - 1
+    masks = torch.zeros(args.frames, 1, args.size, args.size, dtype=torch.bool)
+    masks[:, :, args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = True
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out = run(VideoDirector(models, cfg), frames, masks)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    data = {"machine": machine(), "frames": args.frames, "size": args.size, "steps": args.steps,
+            "null_inner_steps": args.inner, "dtype": str(dtype),
+            "end_to_end_s": out["invert_s"] + out["edit_only_s"], "edit_only_s": out["edit_only_s"],
+            "peak_gb": peak, "stages_s": out["stages"], "targets": {"end_to_end_s": 150, "peak_gb": 24,
+                                                                   "edit_only_s": 16, "reference_ratio": 1.6}}
+    if args.reference:
+        ref = run(VideoDirector(models, apply_overrides(cfg, {"inversion.reference_cost": True})), frames, masks)
+        data["reference_s"] = ref["invert_s"] + ref["edit_only_s"]
+        data["reference_ratio"] = data["reference_s"] / data["end_to_end_s"]
+        data["reference_max_abs_diff"] = float((ref["result"].latents - out["result"].latents).abs().max())
+    if args.fast:
+        fast = run(VideoDirector(models, apply_overrides(cfg, {"inversion.fast": "direct"})), frames, masks)
+        data["fast_direct_end_to_end_s"] = fast["invert_s"] + fast["edit_only_s"]
+    name = args.name or ("speed_h100" if "H100" in data["machine"].get("gpu", "") else
+                         f"speed_{device.type}_{args.frames}x{args.size}")
+    rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in data.items()
+            if k not in ("machine", "stages_s", "targets")]
+    rows += [(f"stage {k}", f"{v:.2f}") for k, v in out["stages"].items()]
+    write(name, data, rows)
+    print({k: v for k, v in data.items() if k != "machine"})
+
+
+if __name__ == "__main__":
+    main()
