@@ -22,8 +22,7 @@ from ..config import EditConfig, apply_overrides
 from ..errors import UserError
 from ..io.outputs import to_uint8, write_json
 from ..methods.base import METHODS, Progress, no_progress
-from ..metrics.ground_truth import psnr
-from ..world.evaluate import score_edit
+from ..world.evaluate import reconstruction_psnr, score_edit
 from ..world.scene import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, TEXTURES, ClipSpec, render, sample_clip
 
 METRICS = ("gt_psnr", "gt_ssim", "background_psnr", "preserved_psnr", "edit_accuracy", "trajectory_error_px",
@@ -84,9 +83,7 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case) -> tuple[
     inv = editor.invert(frames, masks, case.source.caption(), use_cache=False)
     res = editor.edit(inv, case.target.caption())
     scores = score_edit(res.frames, case.source, case.target)
-    recon = editor.method.reconstruct(inv).cpu()
-    vae_rec = editor.models.decode_latents(editor.models.encode_video(frames, sample=False)).cpu()
-    scores["reconstruction_psnr"] = psnr(recon, vae_rec)
+    scores["reconstruction_psnr"] = reconstruction_psnr(editor, inv, frames)
     scores["mean_null_inner_iterations"] = inv.meta.get("mean_inner_iterations", 0.0)
     scores["time_s"] = sum(inv.meta["timings"].values()) + sum(res.timings.values())
     return scores, to_uint8(res.frames)

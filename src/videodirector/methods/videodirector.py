@@ -152,7 +152,6 @@ class VideoDirector:
         """Algorithm I lines 5-17: per step, STDG ``G_t`` then null-text optimisation (Eq. 13)."""
         cfg, m = self.cfg, self.models
         inv, s = cfg.inversion, cfg.stdg
-        T = len(timesteps)
         num_frames = latents.shape[2]
         cond_f = self._per_frame(cond, num_frames)
         latent_hw = tuple(latents.shape[-2:])

@@ -20,7 +20,7 @@ from ..api import Editor, bundled_model_config
 from ..config import EditConfig, apply_overrides
 from ..io.outputs import atomic_folder, to_uint8, write_json
 from ..methods.base import Progress, no_progress
-from .evaluate import score_edit
+from .evaluate import reconstruction_psnr, score_edit
 from .scene import render, sample_clip
 
 DEMO_SEED = 7
@@ -67,10 +67,7 @@ def run_demo(out: str | Path, device: str = "auto", steps: int = 15, inner_steps
             gt = render(target)[0][0]
             scores = score_edit(res.frames, spec, target)
             recon = editor.method.reconstruct(inv).cpu()
-            vae_rec = editor.models.decode_latents(editor.models.encode_video(frames, sample=False)).cpu()
-            from ..metrics.ground_truth import psnr
-
-            scores["reconstruction_psnr"] = psnr(recon, vae_rec)
+            scores["reconstruction_psnr"] = reconstruction_psnr(editor, inv, frames, recon)
             scores["target_prompt"] = target.caption()
             scores["timings_s"] = {**inv.meta["timings"], **res.timings}
             scores["mean_null_inner_iterations"] = inv.meta.get("mean_inner_iterations")

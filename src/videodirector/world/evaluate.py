@@ -54,3 +54,11 @@ def _background_only(spec: ClipSpec) -> Tensor:
     """The target's background with the object painted over by background (for object segmentation)."""
     far = spec.__class__(**{**spec.to_dict(), "x0": -1000.0, "y0": -1000.0})
     return render(far)[0][0]
+
+
+def reconstruction_psnr(editor, inversion, frames: Tensor, recon: Tensor | None = None) -> float:  # noqa: ANN001
+    """PSNR of what inversion alone gives back (``recon``, computed if not given) against the VAE
+    reconstruction of the source."""
+    recon = editor.method.reconstruct(inversion).cpu() if recon is None else recon
+    vae_rec = editor.models.decode_latents(editor.models.encode_video(frames, sample=False)).cpu()
+    return psnr(recon, vae_rec)
