@@ -90,3 +90,9 @@ def test_existing_output_is_not_overwritten(tiny_paths, inputs, capsys, monkeypa
     (inputs / "out" / "keep.txt").write_text("mine")
     code, err = run_cli(_base(tiny_paths, inputs), capsys, monkeypatch)
     assert code == 2 and "--overwrite" in err and (inputs / "out" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("shard, expected", [("3/2", "shard 3/2 is out of range"), ("a/b", "is not I/N")])
+def test_bench_bad_shard(shard, expected, tmp_path, capsys, monkeypatch):
+    code, err = run_cli(["bench", "--shard", shard, "--results", str(tmp_path), "--cases", "1"], capsys, monkeypatch)
+    assert code == 2 and expected in err and "Traceback" not in err

@@ -239,6 +239,8 @@ def bench(
     inner_steps: Optional[int] = typer.Option(None, "--inner-steps", help="Override null-text iterations."),
     results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Results root."),
     list_methods: bool = typer.Option(False, "--list", help="List methods and exit."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only this worker's share, no summary "
+                                        "(start N workers, then gather with a plain run)."),
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
     from .bench.runner import run_bench
@@ -249,9 +251,19 @@ def bench(
             typer.echo(f"{name:22s} {doc}")
         return
     names = methods.split(",") if methods else None
+    part = None
+    if shard:
+        try:
+            part = tuple(int(x) for x in shard.split("/"))
+            assert len(part) == 2
+        except (ValueError, AssertionError):
+            raise UserError(f"--shard {shard!r} is not I/N; write e.g. --shard 0/8") from None
     _quiet()
     with progress_bar() as cb:
-        summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb)
+        summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part)
+    if part:
+        console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
+        return
     console.print(f"wrote {results / suite}/summary.json and report.md ({len(summary)} methods)")
 
 

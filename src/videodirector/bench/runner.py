@@ -89,6 +89,19 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case) -> tuple[
     return scores, to_uint8(res.frames)
 
 
+def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path) -> dict[str, Any]:  # noqa: ANN001
+    """Run one case and write its JSON (and 4 frames as ``.npy`` for the report) atomically."""
+    scores, edited = run_case(models, base, method, case)
+    rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
+           "steps": base.inversion.num_steps, "null_inner_steps": base.inversion.null_inner_steps, **scores}
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.stem}.tmp.npy")
+    np.save(tmp, edited[:: max(1, len(edited) // 4)])
+    tmp.replace(f.with_suffix(".npy"))
+    write_json(f, rec)
+    return rec
+
+
 def _agg(values: list[float]) -> dict[str, float]:
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
@@ -98,7 +111,14 @@ def _agg(values: list[float]) -> dict[str, float]:
 
 def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, device: str = "auto",
               max_cases: int | None = None, steps: int | None = None, inner_steps: int | None = None,
-              results: Path = Path("benchmarks/results"), progress: Progress = no_progress) -> dict[str, Any]:
+              results: Path = Path("benchmarks/results"), progress: Progress = no_progress,
+              shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run (or resume) ``methods`` on the suite, then write per-method JSON, ``summary.json`` and the report.
+
+    ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major, starting at i, and writes no
+    summary: start n such workers (on one GPU a small model is launch-bound, so they overlap), then run
+    once without ``shard`` to gather the cached cases into the summary and report.
+    """
     cases = shapeworld_suite(suite)[: max_cases or None]
     methods = methods or list(METHODS)
     unknown = [m for m in methods if m not in METHODS]
@@ -113,6 +133,21 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
     root = Path(results) / suite
     models = None
     strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise UserError(f"shard {i}/{n} is out of range; use --shard I/N with 0 <= I < N")
+        mine = [(c, m) for c in cases for m in methods][i::n]
+        for k, (case, method) in enumerate(mine):
+            f = root / "cases" / method / f"{case.id}.json"
+            if not f.is_file():
+                if models is None:
+                    from ..models.loading import load_models
+
+                    models = load_models(base.model)
+                _run_and_store(models, base, method, case, f)
+            progress(f"bench shard {i}/{n}", k + 1, len(mine))
+        return {}
     for m_i, method in enumerate(methods):
         per_case = []
         for c_i, case in enumerate(cases):
@@ -125,13 +160,7 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
                     from ..models.loading import load_models
 
                     models = load_models(base.model)
-                scores, edited = run_case(models, base, method, case)
-                rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(),
-                       "target": case.target.caption(), "steps": base.inversion.num_steps,
-                       "null_inner_steps": base.inversion.null_inner_steps, **scores}
-                f.parent.mkdir(parents=True, exist_ok=True)
-                np.save(frames_f, edited[:: max(1, len(edited) // 4)])
-                write_json(f, rec)
+                rec = _run_and_store(models, base, method, case, f)
             if frames_f.is_file():
                 strips[case.id][method] = np.load(frames_f)
             per_case.append(rec)

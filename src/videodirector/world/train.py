@@ -43,7 +43,9 @@ SHAPEWORLD_ARCH = ArchSpec(
 )
 TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out checks use seeds below
 STAGE_STEPS = {"vae": 4000, "image": 30000, "motion": 20000}
-STAGE_MINUTES = {"vae": 1.3, "image": 3.6, "motion": 3.4}
+STAGE_BATCH = {"vae": 64, "image": 128, "motion": 48}
+"""Clips per step: the VAE sees 6 frames of each, the image model 8, the motion adapter all 16."""
+STAGE_MINUTES = {"vae": 1.5, "image": 11.0, "motion": 10.0}
 """A stage ends at its step count or its time budget, whichever comes first; the learning-rate
 schedule follows that fraction, so a faster GPU just trains more steps."""
 
@@ -53,8 +55,8 @@ def _log(msg: str) -> None:
 
 
 class Trainer:
-    def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0) -> None:
-        self.out, self.device, self.seed = out, device, seed
+    def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0, compile: bool = False) -> None:
+        self.out, self.device, self.seed, self.compile = out, device, seed, compile
         self.deadline = time.time() + minutes * 60
         out.mkdir(parents=True, exist_ok=True)
         self.tok_dir = build_clip_tokenizer(WORDS, out / "tokenizer")
@@ -140,8 +142,8 @@ class Trainer:
         t0 = self.started = time.time()
         while self.frac("vae", step) < 1 and not self.out_of_time():
             f = self.frac("vae", step)
-            _, frames = self.clips(step, 64, "vae")
-            x = frames[:, torch.randperm(16, device=self.device)[:6]].flatten(0, 1)  # 384 frames
+            _, frames = self.clips(step, STAGE_BATCH["vae"], "vae")
+            x = frames[:, torch.randperm(16, device=self.device)[:6]].flatten(0, 1)
             lr = 3e-4 * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -189,6 +191,27 @@ class Trainer:
             z = vae.encode(frames).latent_dist.sample()
         return z.float() * vae.config.scaling_factor
 
+    def _compiled(self, module: torch.nn.Module):  # noqa: ANN202
+        """``torch.compile`` for training forwards (fuses the many small kernels of a small UNet)."""
+        return torch.compile(module) if self.compile else module
+
+    def _backward(self, fwd, eager, loss_fn):  # noqa: ANN001, ANN202
+        """Forward (under autocast) + backward through ``fwd``; if the compiler fails, log it and
+        return to ``eager``."""
+        def run(u):  # noqa: ANN001, ANN202
+            with torch.autocast(**self.amp):
+                loss = loss_fn(u)
+            loss.backward()
+            return loss
+
+        try:
+            return run(fwd), fwd
+        except Exception as exc:  # noqa: BLE001 - a compiler failure must not end a training run
+            if fwd is eager:
+                raise
+            _log(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eagerly")
+            return run(eager), eager
+
     @staticmethod
     def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
         with torch.no_grad():
@@ -212,7 +235,9 @@ class Trainer:
             ema_t.load_state_dict(st["ema"]["text"])
             opt.load_state_dict(st["opt"])
             step = st["step"]
+        start = step
         total = STAGE_STEPS["image"]
+        fwd = self._compiled(unet)
         t0 = self.started = time.time()
         while self.frac("image", step) < 1 and not self.out_of_time():
             f = self.frac("image", step)
@@ -220,22 +245,21 @@ class Trainer:
             if profile:
                 torch.cuda.synchronize()
                 tp = time.time()
-            specs, frames = self.clips(step, 128, "image")
+            specs, frames = self.clips(step, STAGE_BATCH["image"], "image")
             if profile:
                 torch.cuda.synchronize()
                 _log(f"profile: data {1000 * (time.time() - tp):.1f} ms")
             # launch-bound on small models: large batches cost little more time per step
-            pick = torch.randint(0, 16, (128, 8), device=self.device)
-            x = frames[torch.arange(128, device=self.device)[:, None], pick].flatten(0, 1)  # 1024 frames
+            nb = len(specs)
+            pick = torch.randint(0, 16, (nb, 8), device=self.device)
+            x = frames[torch.arange(nb, device=self.device)[:, None], pick].flatten(0, 1)
             captions = [s.caption() for s in specs for _ in range(8)]
             z = self._latents(vae, x)
             lr = 8e-4 * min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            with torch.autocast(**self.amp):
-                loss = self._diffusion_loss(unet, text, z, captions, motion=False)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, fwd = self._backward(fwd, unet, lambda u: self._diffusion_loss(u, text, z, captions, motion=False))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             decay = min(0.99, (1 + step) / (10 + step))  # short runs: ~100-step EMA horizon
@@ -243,7 +267,8 @@ class Trainer:
             self._ema_update(ema_t, text, decay)
             step += 1
             if step % 250 == 0:
-                _log(f"image step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+                _log(f"image step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s, "
+                     f"{(step - start) / (time.time() - t0):.2f} steps/s)")
             if step % 2000 == 0:
                 self.save_state("image", step, {"unet": unet, "text": text}, opt, {"unet": ema_u, "text": ema_t})
         self.save_state("image", step, {"unet": unet, "text": text}, opt, {"unet": ema_u, "text": ema_t})
@@ -271,26 +296,28 @@ class Trainer:
         if st:
             opt.load_state_dict(st["opt"])
             step = st["step"]
+        start = step
         total = STAGE_STEPS["motion"]
+        fwd = self._compiled(unet)
         t0 = self.started = time.time()
         while self.frac("motion", step) < 1 and not self.out_of_time():
-            f = self.frac("motion", step)
-            specs, frames = self.clips(step, 48, "motion")
-            b, f = frames.shape[:2]
+            frac = self.frac("motion", step)
+            specs, frames = self.clips(step, STAGE_BATCH["motion"], "motion")
+            b, n = frames.shape[:2]
             z = self._latents(vae, frames.flatten(0, 1))
-            z = z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
-            scale = min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+            z = z.unflatten(0, (b, n)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+            scale = min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             for g, lr in zip(opt.param_groups, base_lr):
                 g["lr"] = lr * scale
-            with torch.autocast(**self.amp):
-                loss = self._diffusion_loss(unet, text, z, [s.caption() for s in specs], motion=True)
+            captions = [s.caption() for s in specs]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, fwd = self._backward(fwd, unet, lambda u: self._diffusion_loss(u, text, z, captions, motion=True))
             torch.nn.utils.clip_grad_norm_(motion_params + list(text.parameters()), 1.0)
             opt.step()
             step += 1
             if step % 250 == 0:
-                _log(f"motion step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+                _log(f"motion step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s, "
+                     f"{(step - start) / (time.time() - t0):.2f} steps/s)")
             if step % 1000 == 0:
                 self._save_motion(step, adapter, text, opt)
         self._save_motion(step, adapter, text, opt)
@@ -343,11 +370,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=str, default="", help="override stage steps, e.g. vae=100,image=100,motion=100")
+    p.add_argument("--batch", type=str, default="", help="override clips per step, e.g. image=64,motion=24")
     p.add_argument("--stage-minutes", type=str, default="", help="override stage time budgets, e.g. image=3.5")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the UNet forwards (default: on for CUDA)")
     args = p.parse_args(argv)
     for kv in filter(None, args.steps.split(",")):
         k, v = kv.split("=")
         STAGE_STEPS[k] = int(v)
+    for kv in filter(None, args.batch.split(",")):
+        k, v = kv.split("=")
+        STAGE_BATCH[k] = int(v)
     for kv in filter(None, args.stage_minutes.split(",")):
         k, v = kv.split("=")
         STAGE_MINUTES[k] = float(v)
@@ -355,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed)
+    compile_ = args.device.startswith("cuda") if args.compile is None else args.compile
+    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed, compile_)
     vae, unet, text, adapter = tr.build()
     stages = ["vae", "image", "motion", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
