@@ -54,9 +54,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _step_profiler():  # noqa: ANN202
+    """Profile motion steps 20-22 and log where the time goes (``--profile``)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    def report(prof) -> None:  # noqa: ANN001
+        for key in ("self_cpu_time_total", "self_device_time_total"):
+            _log(f"profile by {key}:\n" + prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=50))
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    prof = profile(activities=acts, schedule=schedule(wait=18, warmup=2, active=3, repeat=1), on_trace_ready=report)
+    prof.start()
+    return prof
+
+
 class Trainer:
-    def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0, compile: bool = False) -> None:
+    def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0, compile: bool = False,
+                 profile: bool = False) -> None:
         self.out, self.device, self.seed, self.compile = out, device, seed, compile
+        self.profiler = _step_profiler() if profile else None
         self.deadline = time.time() + minutes * 60
         out.mkdir(parents=True, exist_ok=True)
         self.tok_dir = build_clip_tokenizer(WORDS, out / "tokenizer")
@@ -301,6 +317,8 @@ class Trainer:
         fwd = self._compiled(unet)
         t0 = self.started = time.time()
         while self.frac("motion", step) < 1 and not self.out_of_time():
+            if self.profiler is not None:
+                self.profiler.step()
             frac = self.frac("motion", step)
             specs, frames = self.clips(step, STAGE_BATCH["motion"], "motion")
             b, n = frames.shape[:2]
@@ -319,11 +337,31 @@ class Trainer:
                 _log(f"motion step {step}/{total} loss {loss.item():.4f} ({time.time() - t0:.0f}s, "
                      f"{(step - start) / (time.time() - t0):.2f} steps/s)")
             if step % 1000 == 0:
-                self._save_motion(step, adapter, text, opt)
-        self._save_motion(step, adapter, text, opt)
+                self._save_motion(step, unet, adapter, text, opt)
+        self._save_motion(step, unet, adapter, text, opt)
 
-    def _save_motion(self, step: int, adapter, text, opt) -> None:  # noqa: ANN001
+    def _save_motion(self, step: int, unet, adapter, text, opt) -> None:  # noqa: ANN001
+        # from_unet2d copies the adapter's weights: the trained ones live in the UNet, so copy them back
+        adapter.load_state_dict({k: v for k, v in unet.state_dict().items() if "motion_modules" in k})
         self.save_state("motion", step, {"adapter": adapter, "text": text}, opt, None)
+
+
+def init_from_export(out: Path, weights: Path) -> None:
+    """Seed a run folder with exported weights as finished ``vae`` and ``image`` stages (and the text
+    encoder), so that ``--stage motion`` trains a new motion adapter on top of them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = json.loads((weights / "training.json").read_text())["steps"]
+    vae = AutoencoderKL.from_pretrained(weights / "sd" / "vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(weights / "sd" / "unet", torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(weights / "sd" / "text_encoder", torch_dtype=torch.float32)
+    done = {"frac": 1.0, "elapsed": 0.0, "opt": {}}
+    torch.save({**done, "step": info["vae"], "modules": {"vae": vae.state_dict()}}, out / "vae.pt")
+    nets = {"unet": unet.state_dict(), "text": text.state_dict()}
+    torch.save({**done, "step": info["image"], "modules": nets, "ema": nets}, out / "image.pt")
+    (out / "vae_scaling.json").write_text(json.dumps({"scaling_factor": vae.config.scaling_factor}))
 
 
 def export(out: Path, dest: Path) -> dict:
@@ -372,8 +410,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=str, default="", help="override stage steps, e.g. vae=100,image=100,motion=100")
     p.add_argument("--batch", type=str, default="", help="override clips per step, e.g. image=64,motion=24")
     p.add_argument("--stage-minutes", type=str, default="", help="override stage time budgets, e.g. image=3.5")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the UNet forwards (default: on for CUDA)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the UNet forwards (measured on an H100: ~3 min to compile, no faster after)")
+    p.add_argument("--profile", action="store_true", help="log a profile of three motion steps")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="exported weights folder to start from (its VAE, image UNet and text encoder count as trained)")
     args = p.parse_args(argv)
     for kv in filter(None, args.steps.split(",")):
         k, v = kv.split("=")
@@ -388,8 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    compile_ = args.device.startswith("cuda") if args.compile is None else args.compile
-    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed, compile_)
+    if args.init_from is not None:
+        init_from_export(args.out, args.init_from)
+    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed, args.compile, args.profile)
     vae, unet, text, adapter = tr.build()
     stages = ["vae", "image", "motion", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
