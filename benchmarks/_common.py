@@ -14,6 +14,11 @@ import torch
 def machine() -> dict[str, Any]:
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
+    for lib in ("diffusers", "transformers"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:
+            pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

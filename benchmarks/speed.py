@@ -151,21 +151,27 @@ def main() -> None:
     if mean_inner is not None:
         data["mean_inner_iterations"] = mean_inner
         data["estimated_at_mean_inner_s"] = data["end_to_end_s"] - per_iter * args.steps * (args.inner - mean_inner)
+    name = args.name or ("speed_h100" if "H100" in data["machine"].get("gpu", "") else
+                         f"speed_{device.type}_{args.frames}x{args.size}")
+
+    def save() -> None:  # after each part, so a run cut short still leaves its numbers
+        rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in data.items()
+                if k not in ("machine", "stages_s", "targets")]
+        rows += [(f"stage {k}", f"{v:.2f}") for k, v in out["stages"].items()]
+        write(name, data, rows)
+        print({k: v for k, v in data.items() if k not in ("machine", "stages_s")}, flush=True)
+
+    save()
+    if args.fast:
+        fast = run(VideoDirector(models, apply_overrides(cfg, {"inversion.fast": "direct"})), frames, masks)
+        data["fast_direct_end_to_end_s"] = fast["invert_s"] + fast["edit_only_s"]
+        save()
     if args.reference:
         ref = run(VideoDirector(models, apply_overrides(cfg, {"inversion.reference_cost": True})), frames, masks)
         data["reference_s"] = ref["invert_s"] + ref["edit_only_s"]
         data["reference_ratio"] = data["reference_s"] / data["end_to_end_s"]
         data["reference_max_abs_diff"] = float((ref["result"].latents - out["result"].latents).abs().max())
-    if args.fast:
-        fast = run(VideoDirector(models, apply_overrides(cfg, {"inversion.fast": "direct"})), frames, masks)
-        data["fast_direct_end_to_end_s"] = fast["invert_s"] + fast["edit_only_s"]
-    name = args.name or ("speed_h100" if "H100" in data["machine"].get("gpu", "") else
-                         f"speed_{device.type}_{args.frames}x{args.size}")
-    rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in data.items()
-            if k not in ("machine", "stages_s", "targets")]
-    rows += [(f"stage {k}", f"{v:.2f}") for k, v in out["stages"].items()]
-    write(name, data, rows)
-    print({k: v for k, v in data.items() if k != "machine"})
+        save()
 
 
 if __name__ == "__main__":

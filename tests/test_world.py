@@ -50,3 +50,28 @@ def test_short_end_to_end_edit_beats_an_unedited_copy():
     assert copy["edit_accuracy"] == 0.0
     assert scores["edit_accuracy"] > copy["edit_accuracy"] + 0.5, scores
     assert scores["trajectory_error_px"] < 6.0 and scores["background_psnr"] > 15.0  # measured 4.7 px, 64-px frames
+
+
+def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
+    """The reduced CPU mode of the bench: two shard workers, then a gathering run that re-uses their cases."""
+    import json
+
+    from videodirector.bench.runner import run_bench
+
+    kw = dict(methods=["videodirector", "vd-no-stdg"], device="cpu", max_cases=1, steps=2, inner_steps=1,
+              results=tmp_path)
+    assert run_bench(**kw, shard=(0, 2)) == {} and run_bench(**kw, shard=(1, 2)) == {}
+    cases = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json"))
+    assert cases == ["shapeworld-v1/cases/vd-no-stdg/00-colour.json", "shapeworld-v1/cases/videodirector/00-colour.json"]
+    stamp = (tmp_path / cases[1]).stat().st_mtime_ns
+    summary = run_bench(**kw)
+    assert (tmp_path / cases[1]).stat().st_mtime_ns == stamp  # resumed, not re-run
+    root = tmp_path / "shapeworld-v1"
+    assert json.loads((root / "summary.json").read_text()) == summary
+    for m in kw["methods"]:
+        for k in ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr", "flicker"):
+            assert set(summary[m][k]) == {"mean", "std"}
+        assert 5 < summary[m]["background_psnr"]["mean"] < 60
+    report = (root / "report.md").read_text()
+    assert "| videodirector |" in report and (root / "metrics.png").stat().st_size > 1000
+    assert (root / "strips" / "00-colour.png").is_file()

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich.progress import track
 
 from ..api import bundled_model_config
 from ..config import EditConfig, apply_overrides
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     vae_psnr = psnr(rec, frames)
     # inversion without CFG
     inv_psnrs = []
-    for spec in specs[: args.inversions]:
+    for spec in track(specs[: args.inversions], description="inversion (no CFG)"):
         v = render(spec)[0][0]
         z0 = m.encode_video(v, sample=False)
         cond = m.encode_prompt([spec.caption()]).expand(v.shape[0], -1, -1)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     hits = {"colour": 0, "shape": 0, "motion": 0}
     rows = []
     g = torch.Generator().manual_seed(0)
-    for k in range(args.captions):
+    for k in track(range(args.captions), description="generation from held-out captions"):
         spec = sample_clip(100 + k, motion=list(MOTIONS)[k % len(MOTIONS)], distractor_prob=0.0)
         cond, unc = m.encode_prompt([spec.caption(), ""]).chunk(2)
         emb = torch.cat([unc.expand(16, -1, -1), cond.expand(16, -1, -1)])
