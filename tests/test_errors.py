@@ -96,3 +96,10 @@ def test_existing_output_is_not_overwritten(tiny_paths, inputs, capsys, monkeypa
 def test_bench_bad_shard(shard, expected, tmp_path, capsys, monkeypatch):
     code, err = run_cli(["bench", "--shard", shard, "--results", str(tmp_path), "--cases", "1"], capsys, monkeypatch)
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_metrics_flow_problem_is_one_line(inputs, capsys, monkeypatch):
+    v = str(inputs / "v.mp4")
+    code, err = run_cli(["metrics", v, v, "--size", "64", "--flow", str(inputs / "none.pth")], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err
+    assert "need a working torchvision" in err or "none.pth' not found" in err

@@ -221,11 +221,15 @@ def metrics(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Target prompt (for CLIP text alignment)."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for CLIP metrics."),
     frames: int = typer.Option(16, "--frames"), size: int = typer.Option(512, "--size"),
+    flow: Optional[str] = typer.Option(None, "--flow", help="raft_large, raft_small or a RAFT .pth: adds warp error "
+                                       "and motion smoothness (needs the metrics extra)."),
+    device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Score any pair of videos: PSNR, SSIM, masked (background) PSNR, flicker; CLIP metrics with --clip-model."""
+    """Score any pair of videos: PSNR, SSIM, masked (background) PSNR, flicker; CLIP metrics with --clip-model;
+    flow warp error and motion smoothness with --flow."""
     from .metrics.video_pair import score_pair
 
-    result = score_pair(edited, source, masks, prompt, clip_model, frames, size)
+    result = score_pair(edited, source, masks, prompt, clip_model, frames, size, flow, device)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -268,10 +272,12 @@ def bench(
 
 
 def main() -> None:
+    from rich.markup import escape
+
     try:
         app()
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

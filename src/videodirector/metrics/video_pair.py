@@ -2,7 +2,8 @@
 
 Pixel metrics always; CLIP text alignment and CLIP frame consistency when a CLIP model (hub id or
 local folder, ``transformers`` ``CLIPModel`` layout) is given. PickScore is the CLIP text-alignment
-score computed with ``yuvalkirstain/PickScore_v1`` (a ``CLIPModel``) as ``--clip-model``.
+score computed with ``yuvalkirstain/PickScore_v1`` (a ``CLIPModel``) as ``--clip-model``. Flow warp
+error and motion smoothness (:mod:`.motion`) of the edited video when a flow model is given (``--flow``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def clip_scores(frames: Tensor, prompt: str | None, model_id: str, local_files_o
 
 
 def score_pair(edited: str | Path, source: str | Path, masks: str | Path | None = None, prompt: str | None = None,
-               clip_model: str | None = None, num_frames: int = 16, size: int = 512) -> dict[str, Any]:
+               clip_model: str | None = None, num_frames: int = 16, size: int = 512, flow: str | None = None,
+               device: str = "cpu") -> dict[str, Any]:
     e = load_video(edited, num_frames, size, size)
     s = load_video(source, num_frames, size, size)
     out: dict[str, Any] = {"psnr": psnr(e, s), "ssim": ssim(e, s)}
@@ -55,4 +57,11 @@ def score_pair(edited: str | Path, source: str | Path, masks: str | Path | None 
         out["flicker"] = temporal_flicker(e, s, ~m)
     if clip_model:
         out.update(clip_scores(e, prompt, clip_model))
+    if flow:
+        from .motion import flow_interpolator, motion_smoothness, raft_flow, warp_error
+
+        flow_fn = raft_flow(flow, device)
+        out["warp_error"] = warp_error(e, flow_fn)
+        out["motion_smoothness"] = motion_smoothness(e, flow_interpolator(flow_fn))
+        out["source_warp_error"] = warp_error(s, flow_fn)
     return out
