@@ -111,15 +111,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/world_check.json"))
     args = p.parse_args(argv)
+    t0 = time.time()
     cfg = apply_overrides(EditConfig(), bundled_model_config(args.device))
     m = load_models(cfg.model)
-    t0 = time.time()
     # VAE
     specs = [sample_clip(s) for s in range(32)]
     vids, _ = render(specs)
     frames = vids[:, ::4].flatten(0, 1)
     rec = m.decode_latents(m.encode_video(frames, sample=False)).cpu()
     vae_psnr = psnr(rec, frames)
+    parts = {"load_and_vae_s": time.time() - t0}
     # inversion without CFG
     inv_psnrs = []
     for spec in track(specs[: args.inversions], description="inversion (no CFG)"):
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             lat = ddim_invert(lambda z, t: m.eps(z, t, cond), z0, m.schedule, ts)
             zr = ddim_sample(lambda z, t: m.eps(z, t, cond), lat[-1][None], m.schedule, ts)
         inv_psnrs.append(psnr(m.decode_latents(zr).cpu(), m.decode_latents(z0).cpu()))
+    parts["inversion_s"] = time.time() - t0 - sum(parts.values())
     # generation accuracy
     hits = {"colour": 0, "shape": 0, "motion": 0}
     rows = []
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         for a in hits:
             hits[a] += int(got[a] == getattr(spec, a))
         rows.append({"caption": spec.caption(), **{f"got_{a}": got[a] for a in hits}})
+    parts["generation_and_classification_s"] = time.time() - t0 - sum(parts.values())
     n = args.captions
     result = {
         "colour_acc": hits["colour"] / n, "shape_acc": hits["shape"] / n, "motion_acc": hits["motion"] / n,
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": {"colour_acc": 0.9, "shape_acc": 0.9, "motion_acc": 0.9, "vae_psnr": 32, "inversion_psnr": 30},
         "settings": {"captions": n, "sampling_steps": args.steps, "cfg": "eps_c + 3 (eps_c - eps_u)",
                      "inversions": args.inversions, "inversion_steps": args.inversion_steps,
-                     "device": str(m.device), "seconds": time.time() - t0},
+                     "device": str(m.device), "seconds": time.time() - t0, "seconds_by_part": parts},
         "training": json.loads((Path(cfg.model.base).parent / "training.json").read_text()),
         "per_caption": rows,
     }
