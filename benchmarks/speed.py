@@ -77,9 +77,9 @@ def add_estimate(data: dict, bench: Path, mean_inner: float | None = None) -> No
     """``estimated_at_mean_inner_s``: the worst case with ``inner - mean`` null-text iterations fewer per step,
     at the measured cost of one iteration; the mean comes from a ShapeWorld bench run of ``videodirector``."""
     if mean_inner is None and bench.is_file():
-        summary = json.loads(bench.read_text())["summary"]
-        mean_inner = summary["mean_null_inner_iterations"]["mean"]
-        data["mean_inner_source"] = f"{bench.parent.name}/{bench.name} ({len(json.loads(bench.read_text())['cases'])} cases)"
+        result = json.loads(bench.read_text())
+        mean_inner = result["summary"]["mean_null_inner_iterations"]["mean"]
+        data["mean_inner_source"] = f"{bench.parent.name}/{bench.name} ({len(result['cases'])} cases)"
     if mean_inner is not None:
         data["mean_inner_iterations"] = mean_inner
         data["estimated_at_mean_inner_s"] = (data["end_to_end_s"] - data["null_text_iteration_s"] * data["steps"]

@@ -257,11 +257,10 @@ def bench(
     names = methods.split(",") if methods else None
     part = None
     if shard:
-        try:
-            part = tuple(int(x) for x in shard.split("/"))
-            assert len(part) == 2
-        except (ValueError, AssertionError):
-            raise UserError(f"--shard {shard!r} is not I/N; write e.g. --shard 0/8") from None
+        i, _, n = shard.partition("/")
+        if not (i.isdigit() and n.isdigit()):
+            raise UserError(f"--shard {shard!r} is not I/N; write e.g. --shard 0/8")
+        part = (int(i), int(n))
     _quiet()
     with progress_bar() as cb:
         summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part)

@@ -8,6 +8,7 @@ Adding a method is one :func:`~videodirector.methods.base.register` call.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -20,7 +21,7 @@ import numpy as np
 from ..api import Editor, bundled_model_config
 from ..config import EditConfig, apply_overrides
 from ..errors import UserError
-from ..io.outputs import to_uint8, write_json
+from ..io.outputs import atomic_write_bytes, to_uint8, write_json
 from ..methods.base import METHODS, Progress, no_progress
 from ..world.evaluate import reconstruction_psnr, score_edit
 from ..world.scene import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, TEXTURES, ClipSpec, render, sample_clip
@@ -95,9 +96,9 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path) -
     rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
            "steps": base.inversion.num_steps, "null_inner_steps": base.inversion.null_inner_steps, **scores}
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f".{f.stem}.tmp.npy")
-    np.save(tmp, edited[:: max(1, len(edited) // 4)])
-    tmp.replace(f.with_suffix(".npy"))
+    buf = io.BytesIO()
+    np.save(buf, edited[:: max(1, len(edited) // 4)])
+    atomic_write_bytes(f.with_suffix(".npy"), buf.getvalue())
     write_json(f, rec)
     return rec
 
@@ -132,35 +133,34 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
     models = None
-    strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}
+
+    def record(case: Case, method: str) -> dict[str, Any]:
+        """The case's stored result, or run it now (loading the models on first need) and store it."""
+        nonlocal models
+        f = root / "cases" / method / f"{case.id}.json"
+        if f.is_file():
+            return json.loads(f.read_text())
+        if models is None:
+            from ..models.loading import load_models
+
+            models = load_models(base.model)
+        return _run_and_store(models, base, method, case, f)
+
     if shard is not None:
         i, n = shard
         if not 0 <= i < n:
             raise UserError(f"shard {i}/{n} is out of range; use --shard I/N with 0 <= I < N")
         mine = [(c, m) for c in cases for m in methods][i::n]
         for k, (case, method) in enumerate(mine):
-            f = root / "cases" / method / f"{case.id}.json"
-            if not f.is_file():
-                if models is None:
-                    from ..models.loading import load_models
-
-                    models = load_models(base.model)
-                _run_and_store(models, base, method, case, f)
+            record(case, method)
             progress(f"bench shard {i}/{n}", k + 1, len(mine))
         return {}
+    strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}
     for m_i, method in enumerate(methods):
         per_case = []
         for c_i, case in enumerate(cases):
-            f = root / "cases" / method / f"{case.id}.json"
-            frames_f = f.with_suffix(".npy")
-            if f.is_file():
-                rec = json.loads(f.read_text())
-            else:
-                if models is None:
-                    from ..models.loading import load_models
-
-                    models = load_models(base.model)
-                rec = _run_and_store(models, base, method, case, f)
+            rec = record(case, method)
+            frames_f = root / "cases" / method / f"{case.id}.npy"
             if frames_f.is_file():
                 strips[case.id][method] = np.load(frames_f)
             per_case.append(rec)

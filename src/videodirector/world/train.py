@@ -265,7 +265,7 @@ class Trainer:
             if profile:
                 torch.cuda.synchronize()
                 _log(f"profile: data {1000 * (time.time() - tp):.1f} ms")
-            # launch-bound on small models: large batches cost little more time per step
+            # the step rate is bound by the host, not the GPU: large batches cost little more time per step
             nb = len(specs)
             pick = torch.randint(0, 16, (nb, 8), device=self.device)
             x = frames[torch.arange(nb, device=self.device)[:, None], pick].flatten(0, 1)
@@ -416,15 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-from", type=Path, default=None,
                    help="exported weights folder to start from (its VAE, image UNet and text encoder count as trained)")
     args = p.parse_args(argv)
-    for kv in filter(None, args.steps.split(",")):
-        k, v = kv.split("=")
-        STAGE_STEPS[k] = int(v)
-    for kv in filter(None, args.batch.split(",")):
-        k, v = kv.split("=")
-        STAGE_BATCH[k] = int(v)
-    for kv in filter(None, args.stage_minutes.split(",")):
-        k, v = kv.split("=")
-        STAGE_MINUTES[k] = float(v)
+    for table, spec, cast in ((STAGE_STEPS, args.steps, int), (STAGE_BATCH, args.batch, int),
+                              (STAGE_MINUTES, args.stage_minutes, float)):
+        for kv in filter(None, spec.split(",")):  # "image=64,motion=24"
+            k, v = kv.split("=")
+            table[k] = cast(v)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
