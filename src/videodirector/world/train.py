@@ -348,10 +348,14 @@ class Trainer:
 
 def init_from_export(out: Path, weights: Path) -> None:
     """Seed a run folder with exported weights as finished ``vae`` and ``image`` stages (and the text
-    encoder), so that ``--stage motion`` trains a new motion adapter on top of them."""
+    encoder), so that ``--stage motion`` trains a new motion adapter on top of them. A run folder that
+    already has these stages keeps them (so the same command resumes, and nothing trained is replaced)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    if (out / "vae.pt").is_file() or (out / "image.pt").is_file():
+        _log(f"--init-from: {out} already has vae/image stages; keeping them")
+        return
     out.mkdir(parents=True, exist_ok=True)
     info = json.loads((weights / "training.json").read_text())["steps"]
     vae = AutoencoderKL.from_pretrained(weights / "sd" / "vae", torch_dtype=torch.float32)
