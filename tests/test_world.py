@@ -64,6 +64,9 @@ def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
     cases = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json"))
     assert cases == ["shapeworld-v1/cases/vd-no-stdg/00-colour.json", "shapeworld-v1/cases/videodirector/00-colour.json"]
     stamp = (tmp_path / cases[1]).stat().st_mtime_ns
+    partial = run_bench(**{**kw, "max_cases": 2}, stored_only=True)  # case 01 not run by anyone: left out, not run
+    assert not list(tmp_path.rglob("01-*.json")) and set(partial) == set(kw["methods"])
+    assert "1 cases" in (tmp_path / "shapeworld-v1" / "report.md").read_text()
     summary = run_bench(**kw)
     assert (tmp_path / cases[1]).stat().st_mtime_ns == stamp  # resumed, not re-run
     root = tmp_path / "shapeworld-v1"

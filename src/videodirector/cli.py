@@ -245,6 +245,8 @@ def bench(
     list_methods: bool = typer.Option(False, "--list", help="List methods and exit."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only this worker's share, no summary "
                                         "(start N workers, then gather with a plain run)."),
+    stored_only: bool = typer.Option(False, "--stored-only", help="Run nothing: summarise the cases that every "
+                                     "method has finished (after a run cut short)."),
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
     from .bench.runner import run_bench
@@ -263,7 +265,7 @@ def bench(
         part = (int(i), int(n))
     _quiet()
     with progress_bar() as cb:
-        summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part)
+        summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only)
     if part:
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return

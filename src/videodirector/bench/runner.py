@@ -113,12 +113,15 @@ def _agg(values: list[float]) -> dict[str, float]:
 def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, device: str = "auto",
               max_cases: int | None = None, steps: int | None = None, inner_steps: int | None = None,
               results: Path = Path("benchmarks/results"), progress: Progress = no_progress,
-              shard: tuple[int, int] | None = None) -> dict[str, Any]:
+              shard: tuple[int, int] | None = None, stored_only: bool = False) -> dict[str, Any]:
     """Run (or resume) ``methods`` on the suite, then write per-method JSON, ``summary.json`` and the report.
 
     ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major, starting at i, and writes no
     summary: start n such workers (on one GPU a small model is launch-bound, so they overlap), then run
     once without ``shard`` to gather the cached cases into the summary and report.
+
+    ``stored_only`` runs nothing: the summary and report cover the cases that every method has
+    finished (for a run cut short by a time limit).
     """
     cases = shapeworld_suite(suite)[: max_cases or None]
     methods = methods or list(METHODS)
@@ -155,6 +158,11 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
             record(case, method)
             progress(f"bench shard {i}/{n}", k + 1, len(mine))
         return {}
+    if stored_only:
+        cases = [c for c in cases if all((root / "cases" / m / f"{c.id}.json").is_file() for m in methods)]
+        if not cases:
+            raise UserError(f"no case of {suite} is finished by every method in {root}; run the bench (or its "
+                            "shards) first, or choose fewer --methods")
     strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}
     for m_i, method in enumerate(methods):
         per_case = []
