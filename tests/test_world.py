@@ -52,6 +52,16 @@ def test_short_end_to_end_edit_beats_an_unedited_copy():
     assert scores["trajectory_error_px"] < 6.0 and scores["background_psnr"] > 15.0  # measured 4.7 px, 64-px frames
 
 
+def test_bench_workers_cover_every_kind_first():
+    from videodirector.bench.runner import interleave_kinds, shapeworld_suite
+
+    cases = shapeworld_suite()
+    order = interleave_kinds(cases)
+    assert sorted(c.id for c in order) == sorted(c.id for c in cases)  # a permutation
+    kinds = sorted({c.kind for c in cases})
+    assert sorted(c.kind for c in order[: len(kinds)]) == kinds  # the first round has one case of each kind
+
+
 def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
     """The reduced CPU mode of the bench: two shard workers, then a gathering run that re-uses their cases."""
     import json
@@ -77,4 +87,20 @@ def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
         assert 5 < summary[m]["background_psnr"]["mean"] < 60
     report = (root / "report.md").read_text()
     assert "| videodirector |" in report and (root / "metrics.png").stat().st_size > 1000
+    assert "| vd-no-stdg | " in report.split("case by case")[1]  # the paired table
+    assert set(json.loads((root / "paired.json").read_text())) == {"vd-no-stdg"}
     assert (root / "strips" / "00-colour.png").is_file()
+
+
+def test_paired_comparison_flags_only_consistent_losses():
+    from videodirector.bench.runner import paired_comparison
+
+    full = [{"case": f"{i:02d}", "gt_psnr": 20.0 + i, "trajectory_error_px": 1.0} for i in range(8)]
+    worse = [{"case": f"{i:02d}", "gt_psnr": 19.0 + i, "trajectory_error_px": 1.0 + 0.5 * (i % 2)} for i in range(8)]
+    noisy = [{"case": f"{i:02d}", "gt_psnr": 20.0 + i + (-1) ** i, "trajectory_error_px": 0.5} for i in range(8)]
+    out = paired_comparison({"videodirector": full, "a": worse, "b": noisy}, metrics=("gt_psnr", "trajectory_error_px"))
+    assert out["a"]["gt_psnr"]["worse"] and out["a"]["gt_psnr"]["worse_cases"] == 8
+    assert abs(out["a"]["gt_psnr"]["mean_diff"] + 1.0) < 1e-12
+    assert out["a"]["trajectory_error_px"]["worse"]  # higher trajectory error is worse
+    assert not out["b"]["gt_psnr"]["worse"] and out["b"]["gt_psnr"]["worse_cases"] == 4
+    assert not out["b"]["trajectory_error_px"]["worse"]  # lower trajectory error is better

@@ -28,6 +28,7 @@ from ..world.scene import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, T
 
 METRICS = ("gt_psnr", "gt_ssim", "background_psnr", "preserved_psnr", "edit_accuracy", "trajectory_error_px",
            "reconstruction_psnr", "flicker")
+LOWER_IS_BETTER = {"trajectory_error_px", "flicker"}
 BACKGROUND_COEFFICIENTS = [0.5, 0.5, 0.5, 0.0]  # [eta_f, eta_b, zeta_f, zeta_b] swapped for background edits
 
 
@@ -103,11 +104,46 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path) -
     return rec
 
 
+def paired_comparison(per_case: dict[str, list[dict[str, Any]]], reference: str = "videodirector",
+                      metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, dict[str, float]]]:
+    """Each method against ``reference`` on the same cases: per metric the mean paired difference
+    ``d = method - reference``, its standard error ``sd(d) / sqrt(n)``, the number of cases where the
+    method is worse, and ``worse`` = the mean is worse by more than two standard errors (for
+    ``trajectory_error_px`` and ``flicker`` lower is better)."""
+    ref = {r["case"]: r for r in per_case[reference]}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, recs in per_case.items():
+        if method == reference:
+            continue
+        out[method] = {}
+        for k in metrics:
+            d = [r[k] - ref[r["case"]][k] for r in recs if r["case"] in ref and r.get(k) is not None
+                 and ref[r["case"]].get(k) is not None and not math.isnan(r[k] - ref[r["case"]][k])]
+            if not d:
+                continue
+            sign = -1.0 if k in LOWER_IS_BETTER else 1.0  # > 0: better than the reference
+            mean = statistics.fmean(d)
+            se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
+            out[method][k] = {"mean_diff": mean, "se": se, "n": len(d),
+                              "worse_cases": sum(sign * x < 0 for x in d), "worse": bool(sign * mean < -2 * se)}
+    return out
+
+
 def _agg(values: list[float]) -> dict[str, float]:
     v = [x for x in values if x is not None and not math.isnan(x)]
     if not v:
         return {"mean": float("nan"), "std": float("nan")}
     return {"mean": statistics.fmean(v), "std": statistics.pstdev(v) if len(v) > 1 else 0.0}
+
+
+def interleave_kinds(cases: list[Case]) -> list[Case]:
+    """Cases in round-robin order over their kinds (colour, shape, background, ...), so that workers
+    cut off by a time limit still leave every kind of edit finished by every method."""
+    by_kind: dict[str, list[Case]] = {}
+    for c in cases:
+        by_kind.setdefault(c.kind, []).append(c)
+    rounds = max((len(v) for v in by_kind.values()), default=0)
+    return [v[r] for r in range(rounds) for v in by_kind.values() if r < len(v)]
 
 
 def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, device: str = "auto",
@@ -116,7 +152,8 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
               shard: tuple[int, int] | None = None, stored_only: bool = False) -> dict[str, Any]:
     """Run (or resume) ``methods`` on the suite, then write per-method JSON, ``summary.json`` and the report.
 
-    ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major, starting at i, and writes no
+    ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major with the kinds of edit
+    interleaved (:func:`interleave_kinds`), starting at i, and writes no
     summary: start n such workers (on one GPU a small model is launch-bound, so they overlap), then run
     once without ``shard`` to gather the cached cases into the summary and report.
 
@@ -153,7 +190,7 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
         i, n = shard
         if not 0 <= i < n:
             raise UserError(f"shard {i}/{n} is out of range; use --shard I/N with 0 <= I < N")
-        mine = [(c, m) for c in cases for m in methods][i::n]
+        mine = [(c, m) for c in interleave_kinds(cases) for m in methods][i::n]
         for k, (case, method) in enumerate(mine):
             record(case, method)
             progress(f"bench shard {i}/{n}", k + 1, len(mine))
@@ -164,8 +201,9 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
             raise UserError(f"no case of {suite} is finished by every method in {root}; run the bench (or its "
                             "shards) first, or choose fewer --methods")
     strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}
+    per_case_all: dict[str, list[dict[str, Any]]] = {}
     for m_i, method in enumerate(methods):
-        per_case = []
+        per_case = per_case_all[method] = []
         for c_i, case in enumerate(cases):
             rec = record(case, method)
             frames_f = root / "cases" / method / f"{case.id}.npy"
@@ -180,12 +218,15 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
         p = root / f"{method}.json"
         summary_all[method] = json.loads(p.read_text())["summary"]
     write_json(root / "summary.json", summary_all)
-    write_report(root, summary_all, cases, strips, base)
+    paired = paired_comparison(per_case_all) if "videodirector" in per_case_all and len(per_case_all) > 1 else {}
+    if paired:
+        write_json(root / "paired.json", paired)
+    write_report(root, summary_all, cases, strips, base, paired)
     return summary_all
 
 
 def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips: dict[str, dict[str, np.ndarray]],
-                 base: EditConfig) -> None:
+                 base: EditConfig, paired: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,6 +249,21 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
     fig.tight_layout()
     fig.savefig(root / "metrics.png", dpi=80)
     plt.close(fig)
+    if paired:
+        kinds = sorted({c.kind for c in cases})
+        lines += ["", "## Each method against the full method, case by case", "",
+                  f"Paired over the same {len(cases)} cases (kinds: {', '.join(kinds)}). *Worse* means the mean "
+                  "paired difference is worse than the full method's by more than two standard errors; "
+                  "Δ is method − videodirector (lower is better for trajectory_error_px and flicker).", "",
+                  "| method | measurably worse on (Δ ± SE, cases worse) | measurably better on | verdict |",
+                  "|---|---|---|---|"]
+        for m, per_metric in paired.items():
+            worse = [f"{k} {v['mean_diff']:+.3f} ± {v['se']:.3f} ({v['worse_cases']}/{v['n']})"
+                     for k, v in per_metric.items() if v["worse"]]
+            better = [f"{k} {v['mean_diff']:+.3f} ± {v['se']:.3f}" for k, v in per_metric.items()
+                      if not v["worse"] and abs(v["mean_diff"]) > 2 * v["se"]]
+            verdict = "worse on at least one metric" if worse else "**not measurably worse on any metric**"
+            lines.append(f"| {m} | {'; '.join(worse) or '—'} | {'; '.join(better) or '—'} | {verdict} |")
     lines += ["", "![metrics](metrics.png)", "", "## Qualitative (4 frames each: source | ground truth | methods)", ""]
     (root / "strips").mkdir(exist_ok=True)
     from PIL import Image
