@@ -1,3 +1,4 @@
+from pathlib import Path
 import torch
 
 from videodirector.api import BUNDLED_WEIGHTS, bundled_model_config
@@ -104,3 +105,43 @@ def test_paired_comparison_flags_only_consistent_losses():
     assert out["a"]["trajectory_error_px"]["worse"]  # higher trajectory error is worse
     assert not out["b"]["gt_psnr"]["worse"] and out["b"]["gt_psnr"]["worse_cases"] == 4
     assert not out["b"]["trajectory_error_px"]["worse"]  # lower trajectory error is better
+
+
+def test_min_snr_weights_follow_eq8():
+    import torch
+
+    from videodirector.world.train import min_snr_weights
+
+    acp = torch.tensor([0.999, 5 / 6, 0.5, 0.01])  # SNR 999, 5, 1, 0.0101
+    w = min_snr_weights(acp, gamma=5.0)
+    assert torch.allclose(w, torch.tensor([5 / 999, 1.0, 1.0, 1.0]), rtol=1e-4)
+
+
+def test_reopened_vae_trains_only_its_decoder(tmp_path):
+    """--reopen vae: the encoder (and so the latent space the UNet learnt) and the scaling factor stay."""
+    import json
+
+    import torch
+
+    from videodirector.world import train
+    from videodirector.world.train import Trainer, init_from_export
+
+    weights = Path(train.__file__).parent / "weights"
+    init_from_export(tmp_path, weights, reopen=("vae",))
+    assert json.loads((tmp_path / "init_steps.json").read_text()) == {
+        "vae": json.loads((weights / "training.json").read_text())["steps"]["vae"]}
+    tr = Trainer(tmp_path, torch.device("cpu"), minutes=5)
+    vae = tr.build()[0]
+    before = {k: v.clone() for k, v in torch.load(tmp_path / "vae.pt", weights_only=False)["modules"]["vae"].items()}
+    scale = json.loads((tmp_path / "vae_scaling.json").read_text())["scaling_factor"]
+    old = dict(train.STAGE_STEPS), dict(train.STAGE_BATCH)
+    train.STAGE_STEPS["vae"], train.STAGE_BATCH["vae"] = 2, 1
+    try:
+        tr.train_vae(vae)
+    finally:
+        train.STAGE_STEPS.update(old[0]), train.STAGE_BATCH.update(old[1])
+    after = vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert vae.config.scaling_factor == scale and tr.done("vae")
+    assert (tmp_path / "image.pt").is_file() and not (tmp_path / "motion.pt").exists()  # image counts as trained

@@ -12,11 +12,17 @@ Stages (``--stage``):
    frames, where motion words carry no signal.
 4. ``export``: fp16 ``save_pretrained`` into the package (sharded, every file <= 12 MB).
 
+The diffusion losses use min-SNR-5 weights. ``--init-from WEIGHTS`` starts from exported weights, and
+``--reopen vae,image,motion`` trains those stages further from them (the VAE: decoder only, so the
+latent space stays the one the UNet learnt).
+
 Every stage saves a checkpoint at least every ``--save-every`` steps and when ``--minutes`` runs
 out, and resumes from it, so each call stays under ten minutes. Seeded: the same command gives
 the same data order.
 
     python -m videodirector.world.train --stage all --out runs/shapeworld --minutes 9
+    python -m videodirector.world.train --init-from src/videodirector/world/weights --reopen image,motion \
+        --stage all --out runs/more --dest DEST --stage-minutes image=12,motion=10
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ SHAPEWORLD_ARCH = ArchSpec(
 )
 TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out checks use seeds below
 STAGE_STEPS = {"vae": 4000, "image": 30000, "motion": 20000}
-STAGE_BATCH = {"vae": 64, "image": 128, "motion": 48}
-"""Clips per step: the VAE sees 6 frames of each, the image model 8, the motion adapter all 16."""
+STAGE_BATCH = {"vae": 64, "image": 512, "motion": 128}
+"""Clips per step: the VAE sees 6 frames of each, the image model 8, the motion adapter all 16. Sized for
+an H100 (44 GB at these sizes); out of memory, a stage halves its batch and goes on."""
 STAGE_MINUTES = {"vae": 1.5, "image": 11.0, "motion": 10.0}
 """A stage ends at its step count or its time budget, whichever comes first; the learning-rate
 schedule follows that fraction, so a faster GPU just trains more steps."""
