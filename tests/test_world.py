@@ -139,7 +139,8 @@ def test_reopened_vae_trains_only_its_decoder(tmp_path):
     try:
         tr.train_vae(vae)
     finally:
-        train.STAGE_STEPS.update(old[0]), train.STAGE_BATCH.update(old[1])
+        train.STAGE_STEPS.update(old[0])
+        train.STAGE_BATCH.update(old[1])
     after = vae.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

@@ -419,7 +419,8 @@ def image_accuracy(vae, unet, text, tokenizer, device: torch.device, n: int = 64
     from .check import classify
 
     was_training = unet.training, text.training
-    unet.eval(), text.eval()
+    unet.eval()
+    text.eval()
     specs = [sample_clip(100 + k, distractor_prob=0.0) for k in range(n)]
     ids = tokenizer([s.caption() for s in specs] + [""], padding="max_length", max_length=77, truncation=True,
                     return_tensors="pt").input_ids.to(device)
@@ -439,7 +440,8 @@ def image_accuracy(vae, unet, text, tokenizer, device: torch.device, n: int = 64
     z = ddim_sample(eps, z, schedule, leading_timesteps(steps))
     x = vae.decode(z / vae.config.scaling_factor).sample.float().clamp(-1, 1).cpu()
     got = [classify(x[i:i + 1], s.background) for i, s in enumerate(specs)]
-    unet.train(was_training[0]), text.train(was_training[1])
+    unet.train(was_training[0])
+    text.train(was_training[1])
     return {a: sum(g[a] == getattr(s, a) for g, s in zip(got, specs)) / n for a in ("colour", "shape")}
 
 
