@@ -105,6 +105,7 @@ def test_paired_comparison_flags_only_consistent_losses():
     assert out["a"]["trajectory_error_px"]["worse"]  # higher trajectory error is worse
     assert not out["b"]["gt_psnr"]["worse"] and out["b"]["gt_psnr"]["worse_cases"] == 4
     assert not out["b"]["trajectory_error_px"]["worse"]  # lower trajectory error is better
+    assert out["b"]["trajectory_error_px"]["better"] and not out["b"]["gt_psnr"]["better"]
 
 
 def test_min_snr_weights_follow_eq8():
@@ -146,3 +147,26 @@ def test_reopened_vae_trains_only_its_decoder(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     assert vae.config.scaling_factor == scale and tr.done("vae")
     assert (tmp_path / "image.pt").is_file() and not (tmp_path / "motion.pt").exists()  # image counts as trained
+
+
+def test_training_step_reports_oom_and_falls_back_from_a_failed_compile(tmp_path):
+    """Out of GPU memory gives no loss (the stage halves its batch); a compiler failure, not an OOM,
+    switches to the eager forward."""
+    import torch
+
+    from videodirector.world.train import Trainer
+
+    tr = Trainer(tmp_path, torch.device("cpu"), minutes=1)
+    w = torch.ones(3, requires_grad=True)
+    eager = lambda: w  # noqa: E731
+
+    def broken():  # noqa: ANN202
+        raise RuntimeError("inductor error")
+
+    def oom(u):  # noqa: ANN001, ANN202
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert tr._backward(eager, eager, oom) == (None, eager)
+    assert tr._backward(broken, eager, oom) == (None, broken)  # an OOM is not taken for a compiler failure
+    loss, fwd = tr._backward(broken, eager, lambda u: (u() * 2).sum())
+    assert fwd is eager and float(loss) == 6.0 and torch.equal(w.grad, torch.full((3,), 2.0))

@@ -108,8 +108,8 @@ def paired_comparison(per_case: dict[str, list[dict[str, Any]]], reference: str 
                       metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, dict[str, float]]]:
     """Each method against ``reference`` on the same cases: per metric the mean paired difference
     ``d = method - reference``, its standard error ``sd(d) / sqrt(n)``, the number of cases where the
-    method is worse, and ``worse`` = the mean is worse by more than two standard errors (for
-    ``trajectory_error_px`` and ``flicker`` lower is better)."""
+    method is worse, and ``worse`` (``better``) = the mean is worse (better) by more than two standard
+    errors (for ``trajectory_error_px`` and ``flicker`` lower is better)."""
     ref = {r["case"]: r for r in per_case[reference]}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method, recs in per_case.items():
@@ -117,15 +117,15 @@ def paired_comparison(per_case: dict[str, list[dict[str, Any]]], reference: str 
             continue
         out[method] = {}
         for k in metrics:
-            d = [r[k] - ref[r["case"]][k] for r in recs if r["case"] in ref and r.get(k) is not None
-                 and ref[r["case"]].get(k) is not None and not math.isnan(r[k] - ref[r["case"]][k])]
+            pairs = [(r.get(k), ref[r["case"]].get(k)) for r in recs if r["case"] in ref]
+            d = [a - b for a, b in pairs if a is not None and b is not None and not math.isnan(a - b)]
             if not d:
                 continue
             sign = -1.0 if k in LOWER_IS_BETTER else 1.0  # > 0: better than the reference
             mean = statistics.fmean(d)
             se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
-            out[method][k] = {"mean_diff": mean, "se": se, "n": len(d),
-                              "worse_cases": sum(sign * x < 0 for x in d), "worse": bool(sign * mean < -2 * se)}
+            out[method][k] = {"mean_diff": mean, "se": se, "n": len(d), "worse_cases": sum(sign * x < 0 for x in d),
+                              "worse": bool(sign * mean < -2 * se), "better": bool(sign * mean > 2 * se)}
     return out
 
 
@@ -260,8 +260,7 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
         for m, per_metric in paired.items():
             worse = [f"{k} {v['mean_diff']:+.3f} ± {v['se']:.3f} ({v['worse_cases']}/{v['n']})"
                      for k, v in per_metric.items() if v["worse"]]
-            better = [f"{k} {v['mean_diff']:+.3f} ± {v['se']:.3f}" for k, v in per_metric.items()
-                      if not v["worse"] and abs(v["mean_diff"]) > 2 * v["se"]]
+            better = [f"{k} {v['mean_diff']:+.3f} ± {v['se']:.3f}" for k, v in per_metric.items() if v["better"]]
             verdict = "worse on at least one metric" if worse else "**not measurably worse on any metric**"
             lines.append(f"| {m} | {'; '.join(worse) or '—'} | {'; '.join(better) or '—'} | {verdict} |")
     lines += ["", "![metrics](metrics.png)", "", "## Qualitative (4 frames each: source | ground truth | methods)", ""]

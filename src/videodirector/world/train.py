@@ -243,8 +243,10 @@ class Trainer:
         return torch.compile(module) if self.compile else module
 
     def _backward(self, fwd, eager, loss_fn):  # noqa: ANN001, ANN202
-        """Forward (under autocast) + backward through ``fwd``; if the compiler fails, log it and
-        return to ``eager``."""
+        """Forward (under autocast) + backward through ``fwd``; returns ``(loss, forward to use next)``.
+
+        If the compiler fails, log it and return to ``eager``. Out of GPU memory, the loss is ``None``
+        (the caller halves its batch); it is never mistaken for a compiler failure."""
         def run(u):  # noqa: ANN001, ANN202
             with torch.autocast(**self.amp):
                 loss = loss_fn(u)
@@ -253,11 +255,16 @@ class Trainer:
 
         try:
             return run(fwd), fwd
+        except torch.cuda.OutOfMemoryError:
+            return None, fwd
         except Exception as exc:  # noqa: BLE001 - a compiler failure must not end a training run
             if fwd is eager:
                 raise
             _log(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eagerly")
+        try:
             return run(eager), eager
+        except torch.cuda.OutOfMemoryError:
+            return None, eager
 
     def _halve_batch(self, stage: str, opt: torch.optim.Optimizer) -> None:
         """Out of GPU memory: drop the step, halve the stage's clips per step and go on."""
@@ -316,11 +323,8 @@ class Trainer:
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            try:
-                loss, fwd = self._backward(fwd, unet, lambda u: self._diffusion_loss(u, text, z, captions, motion=False))
-            except torch.cuda.OutOfMemoryError:
-                loss = None
-            if loss is None:
+            loss, fwd = self._backward(fwd, unet, lambda u: self._diffusion_loss(u, text, z, captions, motion=False))
+            if loss is None:  # out of GPU memory
                 z = frames = x = None
                 self._halve_batch("image", opt)
                 continue
@@ -386,11 +390,8 @@ class Trainer:
                 g["lr"] = lr * scale
             captions = [s.caption() for s in specs]
             opt.zero_grad(set_to_none=True)
-            try:
-                loss, fwd = self._backward(fwd, unet, lambda u: self._diffusion_loss(u, text, z, captions, motion=True))
-            except torch.cuda.OutOfMemoryError:
-                loss = None
-            if loss is None:
+            loss, fwd = self._backward(fwd, unet, lambda u: self._diffusion_loss(u, text, z, captions, motion=True))
+            if loss is None:  # out of GPU memory
                 z = frames = None
                 self._halve_batch("motion", opt)
                 continue
