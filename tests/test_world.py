@@ -118,6 +118,23 @@ def test_min_snr_weights_follow_eq8():
     assert torch.allclose(w, torch.tensor([5 / 999, 1.0, 1.0, 1.0]), rtol=1e-4)
 
 
+def test_offset_noise_adds_one_constant_per_clip_and_channel():
+    """The per-(clip, channel) mean of the training noise has variance 1/(F·H·W) + offset², and for
+    video the constant is shared by all frames (so the mean over pixels of each frame agrees)."""
+    import torch
+
+    from videodirector.world.train import training_noise
+
+    torch.manual_seed(0)
+    z = torch.zeros(4000, 4, 16, 16)
+    mean = training_noise(z, offset=0.15).mean((2, 3))
+    assert abs(mean.var().item() - (1 / 256 + 0.15**2)) < 0.1 * (1 / 256 + 0.15**2)
+    assert abs(training_noise(z, offset=0.0).mean((2, 3)).var().item() - 1 / 256) < 0.1 / 256
+    v = training_noise(torch.zeros(64, 4, 8, 32, 32), offset=0.5).mean((3, 4))  # (B, C, F)
+    spread_over_frames = v.std(2).mean().item()  # frame means differ by pixel noise only: ~1/32
+    assert spread_over_frames < 0.05 and v.mean(2).std().item() > 0.4
+
+
 def test_reopened_vae_trains_only_its_decoder(tmp_path):
     """--reopen vae: the encoder (and so the latent space the UNet learnt) and the scaling factor stay."""
     import json
