@@ -108,3 +108,10 @@ def test_metrics_flow_problem_is_one_line(inputs, capsys, monkeypatch):
     code, err = run_cli(["metrics", v, v, "--size", "64", "--flow", str(inputs / "none.pth")], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err
     assert "need a working torchvision" in err or "none.pth' not found" in err
+
+
+def test_metrics_lpips_problem_is_one_line(inputs, capsys, monkeypatch):
+    v = str(inputs / "v.mp4")
+    code, err = run_cli(["metrics", v, v, "--size", "64", "--lpips", "alex"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "lpips" in err.lower()

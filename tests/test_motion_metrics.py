@@ -84,3 +84,50 @@ def test_raft_adapter_on_random_weights(tmp_path):
     v = panning(frames=3)[:, :, :44, :60]  # sides not multiples of 8
     assert flow(v[:-1], v[1:]).shape == (2, 2, 44, 60)
     assert warp_error(v, flow) >= 0
+
+
+def tiny_lpips(seed=0, channels=(3, 8, 16)):
+    """An LPIPS-shaped distance with random weights (Zhang et al. 2018, Eq. 1 before the spatial mean):
+    per-pixel features (1x1 convs, so nothing leaks across pixels), unit-normalised over channels, squared
+    differences weighted by non-negative per-channel weights, summed over layers."""
+    g = torch.Generator().manual_seed(seed)
+    convs = [torch.randn(o, i, 1, 1, generator=g) for i, o in zip(channels, channels[1:])]
+    lins = [torch.rand(o, generator=g) for o in channels[1:]]
+
+    def distance(x, y):
+        total, fx, fy = 0, x, y
+        for w, lin in zip(convs, lins):
+            fx, fy = (torch.relu(torch.nn.functional.conv2d(f, w)) for f in (fx, fy))
+            nx, ny = (f / (f.norm(dim=1, keepdim=True) + 1e-10) for f in (fx, fy))
+            total = total + ((nx - ny) ** 2 * lin[:, None, None]).sum(1, keepdim=True)
+        return total
+
+    return distance
+
+
+def test_masked_lpips_averages_only_the_kept_pixels():
+    from videodirector.metrics.video_pair import masked_lpips
+
+    src = texture()[None].repeat(4, 1, 1, 1)
+    obj = torch.zeros(4, 1, 48, 64, dtype=torch.bool)
+    obj[:, :, 10:30, 20:40] = True
+    dist = tiny_lpips()
+    assert masked_lpips(src, src, ~obj, dist) == 0.0
+    inside = src.clone()
+    inside[obj.expand_as(src)] = -inside[obj.expand_as(src)]  # change only the object
+    assert masked_lpips(inside, src, ~obj, dist) < 1e-9  # the kept pixels are untouched
+    assert masked_lpips(inside, src, None, dist) > 1e-3  # plain LPIPS sees the change
+    outside = src.clone()
+    outside[:, :, 40:] = -outside[:, :, 40:]  # change 8 background rows
+    got = masked_lpips(outside, src, ~obj, dist, batch=3)
+    full = dist(outside, src)
+    want = full[~obj].sum() / (~obj).sum()
+    assert abs(got - float(want)) < 1e-6 and got > 0
+
+
+def test_masked_lpips_refuses_masks_that_cover_everything():
+    from videodirector.metrics.video_pair import masked_lpips
+
+    src = texture()[None].repeat(2, 1, 1, 1)
+    with pytest.raises(InputError, match="no background"):
+        masked_lpips(src, src, torch.zeros(2, 1, 48, 64, dtype=torch.bool), tiny_lpips())

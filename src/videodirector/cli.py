@@ -223,13 +223,15 @@ def metrics(
     frames: int = typer.Option(16, "--frames"), size: int = typer.Option(512, "--size"),
     flow: Optional[str] = typer.Option(None, "--flow", help="raft_large, raft_small or a RAFT .pth: adds warp error "
                                        "and motion smoothness (needs the metrics extra)."),
+    lpips_net: Optional[str] = typer.Option(None, "--lpips", help="alex, vgg or squeeze: adds LPIPS, masked to the "
+                                            "background with --masks (needs the metrics extra)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Score any pair of videos: PSNR, SSIM, masked (background) PSNR, flicker; CLIP metrics with --clip-model;
-    flow warp error and motion smoothness with --flow."""
+    """Score any pair of videos: PSNR, SSIM, masked (background) PSNR, flicker; masked LPIPS with --lpips; CLIP
+    metrics with --clip-model; flow warp error and motion smoothness with --flow."""
     from .metrics.video_pair import score_pair
 
-    result = score_pair(edited, source, masks, prompt, clip_model, frames, size, flow, device)
+    result = score_pair(edited, source, masks, prompt, clip_model, frames, size, flow, device, lpips_net)
     typer.echo(json.dumps(result, indent=2))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from .ddim import cfg_combine, ddim_step
 
@@ -60,20 +61,21 @@ def null_text_step(
     opt = torch.optim.Adam([phi], lr=lr)
     iters, last = 0, float("nan")
     for _ in range(inner_steps):
-        eps_u = eps_fn(z_t, expand_null(phi, num_frames))
-        z_prev = ddim_step(cfg_combine(eps_cond, eps_u, cfg_scale), z_t, alpha_t, alpha_prev, guidance, guidance_scale)
-        loss = F.mse_loss(z_prev, z_target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        iters += 1
-        last = loss.item()
-        if after_iteration is not None:
-            after_iteration()
+        with record_function("null_text.iteration"):  # labels for benchmarks/pivotal_profile.py
+            eps_u = eps_fn(z_t, expand_null(phi, num_frames))
+            z_prev = ddim_step(cfg_combine(eps_cond, eps_u, cfg_scale), z_t, alpha_t, alpha_prev, guidance, guidance_scale)
+            loss = F.mse_loss(z_prev, z_target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            iters += 1
+            last = loss.item()
+            if after_iteration is not None:
+                after_iteration()
         if last < stop_below:
             break
     phi = phi.detach()
-    with torch.no_grad():
+    with torch.no_grad(), record_function("null_text.final_forward"):
         eps_u = eps_fn(z_t, expand_null(phi, num_frames))
         z_next = ddim_step(cfg_combine(eps_cond, eps_u, cfg_scale), z_t, alpha_t, alpha_prev, guidance, guidance_scale)
     return NullTextStep(phi, z_next, iters, last)

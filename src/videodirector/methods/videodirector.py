@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from ..attention.control import (
     CrossControlProcessor, EditContext, EditSchedule, FeatureRecorder, LocalBlend, RecordingProcessor,
@@ -185,14 +186,15 @@ class VideoDirector:
             for i, t in enumerate(timesteps):
                 z_ref, target = latents[T - i][None], latents[T - i - 1][None]
                 a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
-                if use_stdg and inv.reference_cost:
-                    g, eps_c = self._reference_stdg(recorder, z, z_ref, t, cond_f, tok_masks, setup)
-                elif use_stdg and not torch.equal(z, z_ref):
-                    g, eps_c = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, setup, s.threshold)
-                else:  # at t = T the current latent is z*_T, so every STDG loss and G are exactly zero
-                    with torch.no_grad():
-                        eps_c = m.eps(z, t, cond_f)
-                    g = torch.zeros_like(z) if use_stdg else None
+                with record_function("pivotal.guidance_and_eps_cond"):
+                    if use_stdg and inv.reference_cost:
+                        g, eps_c = self._reference_stdg(recorder, z, z_ref, t, cond_f, tok_masks, setup)
+                    elif use_stdg and not torch.equal(z, z_ref):
+                        g, eps_c = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, setup, s.threshold)
+                    else:  # at t = T the current latent is z*_T, so every STDG loss and G are exactly zero
+                        with torch.no_grad():
+                            eps_c = m.eps(z, t, cond_f)
+                        g = torch.zeros_like(z) if use_stdg else None
                 if inv.null_text == "none":
                     with torch.no_grad():
                         eps_u = m.eps(z, t, self._per_frame(neg, num_frames))

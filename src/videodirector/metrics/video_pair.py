@@ -1,13 +1,15 @@
 """``videodirector metrics EDITED SOURCE``: score any pair of videos, e.g. results of other tools.
 
-Pixel metrics always; CLIP text alignment and CLIP frame consistency when a CLIP model (hub id or
-local folder, ``transformers`` ``CLIPModel`` layout) is given. PickScore is the CLIP text-alignment
+Pixel metrics always; masked LPIPS (paper Table 1, "m.L") with ``--lpips alex|vgg``; CLIP text
+alignment and CLIP frame consistency when a CLIP model (hub id or local folder, ``transformers``
+``CLIPModel`` layout) is given. PickScore is the CLIP text-alignment
 score computed with ``yuvalkirstain/PickScore_v1`` (a ``CLIPModel``) as ``--clip-model``. Flow warp
 error and motion smoothness (:mod:`.motion`) of the edited video when a flow model is given (``--flow``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +47,61 @@ def clip_scores(frames: Tensor, prompt: str | None, model_id: str, local_files_o
     return out
 
 
+SpatialDistance = Callable[[Tensor, Tensor], Tensor]
+"""``(x, y) -> (N, 1, H, W)`` per-pixel perceptual distance of image batches in [-1, 1] (``lpips.LPIPS(spatial=True)``)."""
+
+
+@torch.no_grad()
+def masked_lpips(edited: Tensor, source: Tensor, keep: Tensor | None, distance: SpatialDistance,
+                 batch: int = 8) -> float:
+    """Masked LPIPS: ``Σ_f Σ_p K_f(p) D_f(p) / Σ_f Σ_p K_f(p)``, the per-pixel LPIPS map ``D`` (Zhang et al.
+    2018, Eq. 1 without the spatial average) averaged over the pixels ``K`` that the edit must keep (the
+    background, outside the object masks). ``keep=None`` gives plain LPIPS averaged over frames.
+    ``edited``/``source``: ``(F, 3, H, W)`` in [-1, 1]; ``keep``: ``(F, 1, H, W)`` bool."""
+    maps = torch.cat([distance(edited[i:i + batch], source[i:i + batch]).float().cpu()
+                      for i in range(0, edited.shape[0], batch)])
+    if maps.shape[-2:] != edited.shape[-2:]:
+        raise ValueError(f"the LPIPS map is {tuple(maps.shape[-2:])}, not per pixel; build LPIPS with spatial=True")
+    if keep is None:
+        return float(maps.mean())
+    w = keep.float()
+    if w.sum() == 0:
+        raise InputError("the masks cover every pixel, so there is no background for masked LPIPS; check the masks")
+    return float((maps * w).sum() / w.sum())
+
+
+def load_lpips(net: str = "alex", device: str = "cpu") -> SpatialDistance:
+    """``lpips.LPIPS(net=net, spatial=True)`` (linear heads v0.1, shipped in the ``lpips`` package). Its
+    AlexNet/VGG backbone comes from torchvision's cache: pre-populate ``TORCH_HOME`` to run offline."""
+    try:
+        import lpips
+    except Exception as exc:  # noqa: BLE001 - lpips imports torchvision, which can fail to load its ops
+        raise InputError(f"masked LPIPS needs the lpips package and a torchvision matching your torch "
+                         f"({type(exc).__name__}); pip install 'videodirector[metrics]'") from None
+    if net not in ("alex", "vgg", "squeeze"):
+        raise InputError(f"unknown LPIPS network {net!r}; use alex, vgg or squeeze")
+    try:
+        model = lpips.LPIPS(net=net, spatial=True, verbose=False).eval().to(device)
+    except OSError as exc:
+        raise InputError(f"cannot load the {net} backbone for LPIPS ({str(exc).splitlines()[0][:100]}); "
+                         "download it once or set TORCH_HOME to a folder that has it") from None
+    return lambda x, y: model(x.to(device), y.to(device))
+
+
 def score_pair(edited: str | Path, source: str | Path, masks: str | Path | None = None, prompt: str | None = None,
                clip_model: str | None = None, num_frames: int = 16, size: int = 512, flow: str | None = None,
-               device: str = "cpu") -> dict[str, Any]:
+               device: str = "cpu", lpips_net: str | None = None) -> dict[str, Any]:
     e = load_video(edited, num_frames, size, size)
     s = load_video(source, num_frames, size, size)
     out: dict[str, Any] = {"psnr": psnr(e, s), "ssim": ssim(e, s)}
+    m = None
     if masks is not None:
         m = load_masks(masks, num_frames, size, size, len(read_frames(source)), use_ellipse=False)
         out["masked_psnr"] = psnr(e, s, ~m)
         out["flicker"] = temporal_flicker(e, s, ~m)
+    if lpips_net:
+        key = "masked_lpips" if m is not None else "lpips"
+        out[key] = masked_lpips(e, s, None if m is None else ~m, load_lpips(lpips_net, device))
     if clip_model:
         out.update(clip_scores(e, prompt, clip_model))
     if flow:
