@@ -25,11 +25,18 @@ def main() -> None:
         wall = time.perf_counter() - t0
         metrics = json.loads(Path(f"{d}/demo/metrics.json").read_text())
     data = {"machine": machine(), "wall_s": wall, "target_s": 180, "met": wall <= 180, "metrics": metrics}
-    obj, bg = metrics["edits"]["object_edit"], metrics["edits"]["background_edit"]
-    write("demo_cpu", data, [("wall time (s)", f"{wall:.1f}"), ("target", "<= 180 s"),
-                             *[(f"object edit {k}", f"{obj[k]:.3f}") for k in ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr")],
-                             *[(f"background edit {k}", f"{bg[k]:.3f}") for k in ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr")]])
+    write("demo_cpu", data, table(data))
     print(json.dumps({k: v for k, v in data.items() if k != "metrics"}, indent=2))
+
+
+def table(data: dict) -> list[tuple[str, str]]:
+    """Rows of the markdown table. ``preserved_psnr`` is what each edit must keep: the background for the
+    object edit, the object for the background edit (whose ``background_psnr`` is its edited region)."""
+    keys = ("gt_psnr", "background_psnr", "preserved_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr")
+    rows = [("wall time (s)", f"{data['wall_s']:.1f}"), ("target", "<= 180 s")]
+    for name, edit in data["metrics"]["edits"].items():
+        rows += [(f"{name.replace('_', ' ')} {k}", f"{edit[k]:.3f}") for k in keys]
+    return rows
 
 
 if __name__ == "__main__":

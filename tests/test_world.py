@@ -91,6 +91,25 @@ def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
     assert "| vd-no-stdg | " in report.split("case by case")[1]  # the paired table
     assert set(json.loads((root / "paired.json").read_text())) == {"vd-no-stdg"}
     assert (root / "strips" / "00-colour.png").is_file()
+    by_kind = json.loads((root / "by_kind.json").read_text())
+    assert by_kind["videodirector"]["colour"]["gt_psnr"]["n"] == 1
+    assert "## The full method by kind of edit" in report and "| colour | 1 |" in report
+    strip = (root / "strips" / "00-colour.png").read_bytes()
+    for f in root.rglob("*.npy"):  # results copied without their frames: the strip is kept, not redrawn
+        f.unlink()
+    run_bench(**kw, stored_only=True)
+    assert (root / "strips" / "00-colour.png").read_bytes() == strip
+
+
+def test_summarise_by_kind_splits_the_cases():
+    from videodirector.bench.runner import shapeworld_suite, summarise_by_kind
+
+    cases = shapeworld_suite()[:40]
+    per_case = [{"case": c.id, "gt_psnr": 10.0 if c.kind == "colour" else 30.0, "edit_accuracy": 1.0} for c in cases]
+    out = summarise_by_kind(per_case, cases)
+    assert set(out) == {c.kind for c in cases}
+    assert out["colour"]["gt_psnr"]["mean"] == 10.0 and out["shape"]["gt_psnr"]["mean"] == 30.0
+    assert sum(v["gt_psnr"]["n"] for v in out.values()) == len(cases)
 
 
 def test_paired_comparison_flags_only_consistent_losses():

@@ -218,15 +218,30 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
         p = root / f"{method}.json"
         summary_all[method] = json.loads(p.read_text())["summary"]
     write_json(root / "summary.json", summary_all)
+    by_kind = {m: summarise_by_kind(per_case_all[m], cases) for m in per_case_all}
+    write_json(root / "by_kind.json", by_kind)
     paired = paired_comparison(per_case_all) if "videodirector" in per_case_all and len(per_case_all) > 1 else {}
     if paired:
         write_json(root / "paired.json", paired)
-    write_report(root, summary_all, cases, strips, base, paired)
+    write_report(root, summary_all, cases, strips, base, paired, by_kind)
     return summary_all
 
 
+def summarise_by_kind(per_case: list[dict[str, Any]], cases: list[Case]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{kind: {metric: {"mean", "std", "n"}}}``: one method's results split by the kind of edit. The
+    split matters: ``background_psnr`` (outside both masks) is what an object edit must keep, but it is
+    the edited region of a background edit; ``preserved_psnr`` is what each kind must keep."""
+    kind_of = {c.id: c.kind for c in cases}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in dict.fromkeys(c.kind for c in cases):
+        rows = [r for r in per_case if kind_of.get(r.get("case")) == kind]
+        out[kind] = {k: {**_agg([r.get(k) for r in rows]), "n": len(rows)} for k in METRICS}
+    return out
+
+
 def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips: dict[str, dict[str, np.ndarray]],
-                 base: EditConfig, paired: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
+                 base: EditConfig, paired: dict[str, dict[str, dict[str, float]]] | None = None,
+                 by_kind: dict[str, dict[str, dict[str, dict[str, float]]]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,6 +255,16 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
     for m in methods:
         cells = [f"{summary[m][k]['mean']:.3f} ± {summary[m][k]['std']:.3f}" for k in METRICS]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    full = (by_kind or {}).get("videodirector")
+    if full:
+        lines += ["", "## The full method by kind of edit", "",
+                  "`background_psnr` is measured outside both masks: what an object edit (colour, shape) must keep, "
+                  "but the edited region of a background or texture edit. `preserved_psnr` is what each kind must keep "
+                  "(the background for object edits, the object for background edits).", "",
+                  "| kind | cases | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        for kind, agg in full.items():
+            cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" for k in METRICS]
+            lines.append(f"| {kind} | {agg[METRICS[0]]['n']} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, k in zip(axes.flat, METRICS):
         ax.bar(range(len(methods)), [summary[m][k]["mean"] for m in methods],
@@ -268,6 +293,11 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
     from PIL import Image
 
     for case in cases:
+        png = root / "strips" / f"{case.id}.png"
+        if not strips[case.id] and png.is_file():  # frames not kept (e.g. results copied without .npy): keep the strip
+            lines.append(f"- {case.id}: `{case.source.caption()}` → `{case.target.caption()}` rows: source, ground "
+                         f"truth, then the methods in table order ![](strips/{case.id}.png)")
+            continue
         rows = []
         src = to_uint8(render(case.source)[0][0])
         gt = to_uint8(render(case.target)[0][0])
