@@ -185,6 +185,41 @@ def test_reopened_vae_trains_only_its_decoder(tmp_path):
     assert (tmp_path / "image.pt").is_file() and not (tmp_path / "motion.pt").exists()  # image counts as trained
 
 
+def test_motion_stage_trains_only_the_adapter_and_the_cross_attention_keys_values(tmp_path):
+    """--reopen motion: two motion steps on CPU, then export. The image UNet's cross-attention key/value
+    projections change (that is how caption directions reach the motion module), every other image-UNet
+    weight stays bit-identical, and the model card says so."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from videodirector.world import train
+    from videodirector.world.train import Trainer, cross_kv_names, export, init_from_export
+
+    weights = Path(train.__file__).parent / "weights"
+    init_from_export(tmp_path / "run", weights, reopen=("motion",))
+    tr = Trainer(tmp_path / "run", torch.device("cpu"), minutes=5)
+    vae, unet, text, adapter = tr.build()
+    vae.load_state_dict(tr.load_state("vae")["modules"]["vae"])
+    vae.register_to_config(**json.loads((tmp_path / "run" / "vae_scaling.json").read_text()))
+    old = dict(train.STAGE_STEPS), dict(train.STAGE_BATCH)
+    train.STAGE_STEPS["motion"], train.STAGE_BATCH["motion"] = 2, 1
+    try:
+        tr.train_motion(vae, unet, text, adapter)
+    finally:
+        train.STAGE_STEPS.update(old[0])
+        train.STAGE_BATCH.update(old[1])
+    info = export(tmp_path / "run", tmp_path / "w")
+    assert info["motion_stage_trains_cross_kv"] and info["steps"]["motion"] > 2
+    before = UNet2DConditionModel.from_pretrained(weights / "sd" / "unet").state_dict()
+    after = UNet2DConditionModel.from_pretrained(tmp_path / "w" / "sd" / "unet").state_dict()
+    kv = set(cross_kv_names(UNet2DConditionModel.from_pretrained(weights / "sd" / "unet")))
+    assert len(kv) == 32  # 16 cross-attention layers x (to_k, to_v)
+    assert all(not torch.equal(before[k], after[k]) for k in kv)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in kv)
+
+
 def test_training_step_reports_oom_and_falls_back_from_a_failed_compile(tmp_path):
     """Out of GPU memory gives no loss (the stage halves its batch); a compiler failure, not an OOM,
     switches to the eager forward."""

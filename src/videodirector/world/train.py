@@ -7,9 +7,10 @@ Stages (``--stage``):
 2. ``image``: the SD 1.5-layout ``UNet2DConditionModel`` and the ``CLIPTextModel`` from
    scratch on single frames with their captions (ε-prediction, AnimateDiff's linear schedule,
    10 % empty captions for classifier-free guidance), so the result is a working T2I model.
-3. ``motion``: a ``MotionAdapter`` on 16-frame clips with the image UNet frozen. Unlike
-   AnimateDiff the text encoder is fine-tuned here too: ours was trained from scratch on single
-   frames, where motion words carry no signal.
+3. ``motion``: a ``MotionAdapter`` on 16-frame clips with the image UNet frozen except its
+   cross-attention key/value projections (``cross_kv_names``; ``--no-motion-cross-kv`` freezes them
+   too). Unlike AnimateDiff the text encoder is fine-tuned here too: ours was trained from scratch on
+   single frames, where motion words carry no signal.
 4. ``export``: fp16 ``save_pretrained`` into the package (sharded, every file <= 12 MB).
 
 The diffusion losses use min-SNR-5 weights and offset noise (see ``training_noise``). ``--init-from WEIGHTS`` starts from exported weights, and
@@ -58,6 +59,22 @@ schedule follows that fraction, so a faster GPU just trains more steps."""
 
 
 MIN_SNR_GAMMA = 5.0
+MOTION_TRAINS_CROSS_KV = True
+"""The motion stage also trains the image UNet's cross-attention key/value projections (see ``cross_kv_names``)."""
+
+
+def cross_kv_names(unet: torch.nn.Module) -> list[str]:
+    """Parameters of the spatial cross-attention key/value projections (``attn2.to_k``/``attn2.to_v``).
+
+    Why the motion stage trains them: a motion module sees no text, so a caption's direction ("moving
+    left") can reach it only through the image UNet's cross-attention. An image model trained on single
+    frames, where direction words carry no signal, learns to ignore them, and with it frozen the
+    generated clips moved at the right speed in a direction chosen by the noise (``motion_acc`` 0.11).
+    Letting the keys and values of the text tokens train with the motion module gives direction words a
+    way in; it is in the spirit of AnimateDiff v3's domain adapter, a LoRA trained on the image model.
+    The names are the same in ``UNet2DConditionModel`` and ``UNetMotionModel``."""
+    return [n for n, _ in unet.named_parameters()
+            if "motion_modules" not in n and (".attn2.to_k." in n or ".attn2.to_v." in n)]
 OFFSET_NOISE = 0.15
 """Std of the per-(clip, channel) constant added to the training noise (offset noise)."""
 
@@ -105,8 +122,9 @@ def _step_profiler():  # noqa: ANN202
 
 class Trainer:
     def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0, compile: bool = False,
-                 profile: bool = False) -> None:
+                 profile: bool = False, motion_cross_kv: bool = MOTION_TRAINS_CROSS_KV) -> None:
         self.out, self.device, self.seed, self.compile = out, device, seed, compile
+        self.motion_cross_kv = motion_cross_kv
         self.profiler = _step_profiler() if profile else None
         self.deadline = time.time() + minutes * 60
         out.mkdir(parents=True, exist_ok=True)
@@ -382,13 +400,21 @@ class Trainer:
             text.load_state_dict(st["modules"]["text"])
         unet = UNetMotionModel.from_unet2d(unet2d, adapter).to(self.device)
         unet.freeze_unet2d_params()
+        if st and st.get("cross_kv"):
+            unet.load_state_dict(st["cross_kv"], strict=False)
         unet.train()
         text.to(self.device).train()
         vae.to(self.device).eval()
         motion_params = [p for n, p in unet.named_parameters() if "motion_modules" in n]
-        opt = torch.optim.AdamW([{"params": motion_params, "lr": 4e-4}, {"params": list(text.parameters()), "lr": 5e-5}],
-                                weight_decay=0.01)
+        groups = [{"params": motion_params}, {"params": list(text.parameters())}]
         base_lr = [6e-4, 1e-4]
+        if self.motion_cross_kv:
+            names = set(cross_kv_names(unet))
+            cross = [p.requires_grad_(True) for n, p in unet.named_parameters() if n in names]
+            groups.append({"params": cross})
+            base_lr.append(1e-4)
+        opt = torch.optim.AdamW(groups, lr=base_lr[0], weight_decay=0.01)
+        trained = [p for g in groups for p in g["params"]]
         step = 0
         if st:
             if st["opt"]:
@@ -416,7 +442,7 @@ class Trainer:
                 z = frames = None
                 self._halve_batch("motion", opt)
                 continue
-            torch.nn.utils.clip_grad_norm_(motion_params + list(text.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             step += 1
             if step % 250 == 0:
@@ -428,8 +454,10 @@ class Trainer:
 
     def _save_motion(self, step: int, unet, adapter, text, opt) -> None:  # noqa: ANN001
         # from_unet2d copies the adapter's weights: the trained ones live in the UNet, so copy them back
-        adapter.load_state_dict({k: v for k, v in unet.state_dict().items() if "motion_modules" in k})
-        self.save_state("motion", step, {"adapter": adapter, "text": text}, opt, None)
+        state = unet.state_dict()
+        adapter.load_state_dict({k: v for k, v in state.items() if "motion_modules" in k})
+        cross = {n: state[n].detach().cpu().clone() for n in cross_kv_names(unet)} if self.motion_cross_kv else {}
+        self.save_state("motion", step, {"adapter": adapter, "text": text}, opt, None, {"cross_kv": cross})
 
 
 @torch.no_grad()
@@ -525,6 +553,9 @@ def export(out: Path, dest: Path) -> dict:
     img = tr.load_state("image")
     unet.load_state_dict(img["ema"]["unet"])
     mot = tr.load_state("motion")
+    if mot.get("cross_kv"):  # the image UNet's cross-attention keys/values, trained with the motion module
+        missing, unexpected = unet.load_state_dict(mot["cross_kv"], strict=False)
+        assert not unexpected, unexpected
     adapter.load_state_dict(mot["modules"]["adapter"])
     text.load_state_dict(mot["modules"]["text"])
     for m in (vae, unet, text, adapter):
@@ -545,7 +576,8 @@ def export(out: Path, dest: Path) -> dict:
                          "motion_adapter": sum(p.numel() for p in adapter.parameters()) / 1e6,
                          "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
                          "text_encoder": sum(p.numel() for p in text.parameters()) / 1e6},
-            "loss": {"prediction": "epsilon", "min_snr_gamma": MIN_SNR_GAMMA, "offset_noise": OFFSET_NOISE}}
+            "loss": {"prediction": "epsilon", "min_snr_gamma": MIN_SNR_GAMMA, "offset_noise": OFFSET_NOISE},
+            "motion_stage_trains_cross_kv": bool(mot.get("cross_kv"))}
     if (out / "image_eval.jsonl").is_file():  # colour/shape accuracy of image-model frames during training
         info["image_eval"] = [json.loads(line) for line in (out / "image_eval.jsonl").read_text().splitlines()]
     (tmp / "training.json").write_text(json.dumps(info, indent=2))
@@ -569,6 +601,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the UNet forwards (measured on an H100: ~3 min to compile, no faster after)")
     p.add_argument("--profile", action="store_true", help="log a profile of three motion steps")
+    p.add_argument("--motion-cross-kv", action=argparse.BooleanOptionalAction, default=MOTION_TRAINS_CROSS_KV,
+                   help="the motion stage also trains the image UNet's cross-attention keys/values (how caption "
+                        "directions reach the motion module)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="exported weights folder to start from (its VAE, image UNet and text encoder count as trained)")
     p.add_argument("--reopen", type=str, default="",
@@ -591,7 +626,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--reopen needs --init-from WEIGHTS (the exported weights to continue from)")
     if args.init_from is not None:
         init_from_export(args.out, args.init_from, reopen)
-    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed, args.compile, args.profile)
+    tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed, args.compile, args.profile,
+                 args.motion_cross_kv)
     vae, unet, text, adapter = tr.build()
     stages = ["vae", "image", "motion", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
