@@ -24,6 +24,25 @@ def machine() -> dict[str, Any]:
     return info
 
 
+NEVER_STOP_EARLY = {"inversion.early_stop_epsilon": -1.0, "inversion.early_stop_slope": 0.0}
+"""Config overrides that keep every null-text step at its full iteration count (the timed worst case)."""
+
+
+def synthetic_clip(frames: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random frames ``(F, 3, size, size)`` in [-1, 1] and a centred square object mask
+    ``(F, 1, size, size)`` covering the middle half of each side: the inputs of the timing benchmarks."""
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(frames, 3, size, size, generator=g) * 2 - 1
+    masks = torch.zeros(frames, 1, size, size, dtype=torch.bool)
+    masks[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
+    return video, masks
+
+
+def result_name(prefix: str, info: dict[str, Any], device: torch.device, frames: int, size: int) -> str:
+    """``<prefix>_h100`` on an H100, else ``<prefix>_<device>_<frames>x<size>``."""
+    return f"{prefix}_h100" if "H100" in info.get("gpu", "") else f"{prefix}_{device.type}_{frames}x{size}"
+
+
 def write(name: str, data: dict[str, Any], table: list[tuple[str, Any]]) -> Path:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

@@ -34,7 +34,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import NEVER_STOP_EARLY, machine, result_name, synthetic_clip, write  # noqa: E402
 from speed import random_bundle  # noqa: E402
 
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
@@ -77,14 +77,10 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     models = random_bundle(device, dtype)
-    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner,
-            "inversion.early_stop_epsilon": -1.0, "inversion.early_stop_slope": 0.0,
+    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner, **NEVER_STOP_EARLY,
             "input.height": args.size, "input.width": args.size, "input.num_frames": args.frames}
     cfg = apply_overrides(EditConfig(), over)
-    g = torch.Generator().manual_seed(0)
-    frames = torch.rand(args.frames, 3, args.size, args.size, generator=g) * 2 - 1
-    masks = torch.zeros(args.frames, 1, args.size, args.size, dtype=torch.bool)
-    masks[:, :, args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = True
+    frames, masks = synthetic_clip(args.frames, args.size)
     prompt = "A brown bear, walking on rocky terrain, next to a stone wall."
 
     VideoDirector(models, apply_overrides(cfg, {"inversion.num_steps": 3, "inversion.null_inner_steps": 1})).invert(
@@ -116,7 +112,8 @@ def main() -> None:
             "unprofiled_step_wall_s": step_walls,
             "unprofiled_mean_wall_s_after_step0": sum(step_walls[1:]) / max(1, len(step_walls) - 1),
             "profiled_step_wall_s": profiled_wall}
-    report(data, analyse_trace(trace), args.name or default_name(data, device))
+    report(data, analyse_trace(trace), args.name or result_name("pivotal_profile", data["machine"], device,
+                                                                args.frames, args.size))
 
 
 def _union(intervals: list[tuple[float, float]]) -> float:
@@ -164,11 +161,6 @@ def analyse_trace(path: Path) -> dict:
             "idle_in_gaps_over_1ms_s": sum(g for g in gaps if g > 1000) / 1e6,
             "idle_in_gaps_under_1ms_s": sum(g for g in gaps if g <= 1000) / 1e6,
             "top_kernels": [{"kernel": n, "gpu_s": sum(v) / 1e6, "count": len(v)} for n, v in top]}
-
-
-def default_name(data: dict, device: torch.device) -> str:
-    gpu = data["machine"].get("gpu", "")
-    return "pivotal_profile_h100" if "H100" in gpu else f"pivotal_profile_{device.type}_{data['frames']}x{data['size']}"
 
 
 def report(data: dict, analysis: dict, name: str) -> None:

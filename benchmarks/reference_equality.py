@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import NEVER_STOP_EARLY, machine, write  # noqa: E402
 
 from videodirector.api import bundled_model_config  # noqa: E402
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
@@ -48,8 +47,7 @@ def main() -> None:
     runs: dict[str, dict] = {}
     for dtype in ("float32", "bfloat16"):
         over = {**bundled_model_config("cpu"), "model.dtype": dtype, "inversion.num_steps": args.steps,
-                "inversion.null_inner_steps": args.inner, "inversion.early_stop_epsilon": -1.0,
-                "inversion.early_stop_slope": 0.0, "input.height": 64, "input.width": 64}
+                "inversion.null_inner_steps": args.inner, **NEVER_STOP_EARLY, "input.height": 64, "input.width": 64}
         cfg = apply_overrides(EditConfig(), over)
         models = load_models(cfg.model)
         for mode in ("opt", "ref"):

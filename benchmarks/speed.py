@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import NEVER_STOP_EARLY, machine, result_name, synthetic_clip, write  # noqa: E402
 
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.diffusion.ddim import NoiseSchedule  # noqa: E402
@@ -138,8 +138,7 @@ def main() -> None:
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner,
-            "inversion.early_stop_epsilon": -1.0, "inversion.early_stop_slope": 0.0,  # never stop early
+    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner, **NEVER_STOP_EARLY,
             "input.height": args.size, "input.width": args.size, "input.num_frames": args.frames}
     cfg = apply_overrides(EditConfig(), over)
     if args.base:
@@ -153,10 +152,7 @@ def main() -> None:
     if args.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
         models.unet.train()
-    g = torch.Generator().manual_seed(0)
-    frames = torch.rand(args.frames, 3, args.size, args.size, generator=g) * 2 - 1
-    masks = torch.zeros(args.frames, 1, args.size, args.size, dtype=torch.bool)
-    masks[:, :, args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = True
+    frames, masks = synthetic_clip(args.frames, args.size)
     short = {"inversion.num_steps": 5, "inversion.null_inner_steps": 1}
     t0 = time.perf_counter()
     warm = run(VideoDirector(models, apply_overrides(cfg, short)), frames, masks)  # cuDNN/cuBLAS set-up, not counted
@@ -181,8 +177,7 @@ def main() -> None:
     if args.compile:  # the warm-up run compiled the graphs
         data["compile_s"] = warmup_s
     add_estimate(data, args.bench_results, args.mean_inner)
-    name = args.name or ("speed_h100" if "H100" in data["machine"].get("gpu", "") else
-                         f"speed_{device.type}_{args.frames}x{args.size}")
+    name = args.name or result_name("speed", data["machine"], device, args.frames, args.size)
 
     def save() -> None:  # after each part, so a run cut short still leaves its numbers
         rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in data.items()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import machine, result_name, synthetic_clip, write  # noqa: E402
 from speed import random_bundle  # noqa: E402
 
 from videodirector.attention.control import FeatureRecorder, RecordingProcessor  # noqa: E402
@@ -65,8 +65,7 @@ def main() -> None:
     z = torch.randn(1, 4, args.frames, h, h, generator=g).to(device)
     z_ref = z + 0.05 * torch.randn(z.shape, generator=g).to(device)
     cond = m.encode_prompt(["a brown bear walking on rocky terrain"]).expand(args.frames, -1, -1)
-    masks = torch.zeros(args.frames, 1, args.size, args.size, dtype=torch.bool, device=device)
-    masks[:, :, args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = True
+    masks = synthetic_clip(args.frames, args.size)[1].to(device)
     tok_masks = masks_by_tokens(masks, (h, h))
     t = 501
 
@@ -126,8 +125,7 @@ def main() -> None:
                 print(tables[key], flush=True)
     data = {"machine": machine(), "frames": args.frames, "size": args.size, "dtype": str(dtype),
             "seconds": parts, "profile_tables": tables}
-    name = args.name or ("stdg_profile_h100" if "H100" in data["machine"].get("gpu", "") else
-                         f"stdg_profile_{device.type}_{args.frames}x{args.size}")
+    name = args.name or result_name("stdg_profile", data["machine"], device, args.frames, args.size)
     write(name, data, [(k, f"{v:.4f}") for k, v in parts.items()])
 
 

@@ -11,10 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write  # noqa: E402
+from _common import machine, synthetic_clip, write  # noqa: E402
 
 from videodirector.api import Editor  # noqa: E402
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
@@ -30,10 +29,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ed = Editor(cfg)
         t_load = time.perf_counter() - t0
-        g = torch.Generator().manual_seed(0)
-        frames = torch.rand(16, 3, 64, 64, generator=g) * 2 - 1
-        masks = torch.zeros(16, 1, 64, 64, dtype=torch.bool)
-        masks[:, :, 16:48, 16:48] = True
+        frames, masks = synthetic_clip(16, 64)
         t0 = time.perf_counter()
         inv = ed.invert(frames, masks, "a red circle moving right", use_cache=False)
         t_inv = time.perf_counter() - t0
