@@ -125,6 +125,9 @@ class Trainer:
                  profile: bool = False, motion_cross_kv: bool = MOTION_TRAINS_CROSS_KV) -> None:
         self.out, self.device, self.seed, self.compile = out, device, seed, compile
         self.motion_cross_kv = motion_cross_kv
+        earlier = out / "init_steps.json"  # written by init_from_export, before the trainer is built
+        self.earlier_steps: dict[str, int] = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        """Steps already in reopened weights, per stage (``--reopen``): they offset data seeds and add up in the card."""
         self.profiler = _step_profiler() if profile else None
         self.deadline = time.time() + minutes * 60
         out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +146,7 @@ class Trainer:
     def clips(self, step: int, batch: int, stage: str):  # noqa: ANN201
         """Training clips of one step. A reopened stage (``--reopen``) starts its seeds after the
         steps already in its weights, so it sees new clips rather than the earlier run's again."""
-        earlier = self.out / "init_steps.json"
-        done = json.loads(earlier.read_text()).get(stage, 0) if earlier.is_file() else 0
+        done = self.earlier_steps.get(stage, 0)
         base = TRAIN_SEED_OFFSET + {"vae": 0, "image": 10_000_000, "motion": 20_000_000}[stage] + (step + done) * batch
         specs = [sample_clip(base + i) for i in range(batch)]
         frames, _ = render(specs, self.device)
@@ -570,8 +572,7 @@ def export(out: Path, dest: Path) -> dict:
     # re-save the big ones sharded so each file stays <= 12 MB (package-data limit of 15 MB)
     unet.save_pretrained(base / "unet", max_shard_size="12MB")
     adapter.save_pretrained(ad, max_shard_size="12MB")
-    earlier = json.loads((out / "init_steps.json").read_text()) if (out / "init_steps.json").is_file() else {}
-    info = {"steps": {s: tr.load_state(s)["step"] + earlier.get(s, 0) for s in ("vae", "image", "motion")},
+    info = {"steps": {s: tr.load_state(s)["step"] + tr.earlier_steps.get(s, 0) for s in ("vae", "image", "motion")},
             "params_m": {"unet2d": sum(p.numel() for p in unet.parameters()) / 1e6,
                          "motion_adapter": sum(p.numel() for p in adapter.parameters()) / 1e6,
                          "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
