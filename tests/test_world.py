@@ -212,6 +212,11 @@ def test_motion_stage_trains_only_the_adapter_and_the_cross_attention_keys_value
         train.STAGE_BATCH.update(old[1])
     info = export(tmp_path / "run", tmp_path / "w")
     assert info["motion_stage_trains_cross_kv"] and info["steps"]["motion"] > 2
+    assert info["motion_stage_recipe"]["probe_weight"] == train.MOTION_PROBE_WEIGHT > 0
+    assert set(info["motion_eval"][-1]["direction_preference"]) == {"t=700", "t=900", "mean"}
+    probe = tr.load_state("motion")["probe"]  # kept for resuming, not exported
+    assert probe["head.weight"].shape == (10, 64)
+    assert not any("probe" in f.name for f in (tmp_path / "w").rglob("*"))
     before = UNet2DConditionModel.from_pretrained(weights / "sd" / "unet").state_dict()
     after = UNet2DConditionModel.from_pretrained(tmp_path / "w" / "sd" / "unet").state_dict()
     kv = set(cross_kv_names(UNet2DConditionModel.from_pretrained(weights / "sd" / "unet")))
@@ -241,3 +246,111 @@ def test_training_step_reports_oom_and_falls_back_from_a_failed_compile(tmp_path
     assert tr._backward(broken, eager, oom) == (None, broken)  # an OOM is not taken for a compiler failure
     loss, fwd = tr._backward(broken, eager, lambda u: (u() * 2).sum())
     assert fwd is eager and float(loss) == 6.0 and torch.equal(w.grad, torch.full((3,), 2.0))
+
+
+def test_methods_that_invert_alike_share_one_inversion_and_score_the_same(monkeypatch):
+    from videodirector.bench.runner import inversion_groups
+    from videodirector.methods.videodirector import VideoDirector
+
+    case = shapeworld_suite()[0]
+    base = apply_overrides(EditConfig(), {**bundled_model_config("cpu"), "input.height": 64, "input.width": 64,
+                                          "inversion.num_steps": 2, "inversion.null_inner_steps": 1})
+    assert inversion_groups(base, ["videodirector", "vd-no-stdg", "vd-no-sa1", "vd-no-cross"], case) == [
+        ["videodirector", "vd-no-sa1", "vd-no-cross"], ["vd-no-stdg"]]
+    calls = []
+    invert = VideoDirector.invert
+    monkeypatch.setattr(VideoDirector, "invert", lambda self, *a, **k: calls.append(1) or invert(self, *a, **k))
+    models = load_models(base.model)
+    shared: dict = {}
+    run_case(models, base, "videodirector", case, shared)
+    with_shared, frames_shared = run_case(models, base, "vd-no-sa1", case, shared)
+    assert len(calls) == 1  # the ablation reused the full method's inversion
+    alone, frames_alone = run_case(models, base, "vd-no-sa1", case)
+    assert len(calls) == 2
+    for k in ("gt_psnr", "background_psnr", "edit_accuracy", "reconstruction_psnr"):
+        assert with_shared[k] == alone[k], k
+    assert (frames_shared == frames_alone).all()
+
+
+def test_motion_probe_adds_its_weighted_cross_entropy_to_the_diffusion_loss(tmp_path):
+    """``_diffusion_loss`` with the caption-motion probe = the same loss without it + weight x the probe's
+    cross-entropy (same seed, so the same dropped captions, timesteps and noise)."""
+    from diffusers import UNetMotionModel
+
+    from videodirector.world.scene import MOTIONS
+    from videodirector.world.train import CaptionMotionProbe, Trainer
+
+    tr = Trainer(tmp_path / "run", torch.device("cpu"), minutes=1, motion_probe=0.5)
+    _, unet2d, text, adapter = tr.build()
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    specs = [sample_clip(k, motion=m) for k, m in enumerate(["left", "growing"])]
+    z = torch.randn(2, 4, 16, 16, 16)
+    labels = torch.tensor([list(MOTIONS).index(s.motion) for s in specs])
+    probe = CaptionMotionProbe(text.config.hidden_size, len(MOTIONS))
+    losses = []
+    for with_probe in (False, True):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            losses.append(float(tr._diffusion_loss(unet, text, z, [s.caption() for s in specs], motion=True,
+                                                   probe=probe if with_probe else None, labels=labels)))
+    ce = float(tr.last_probe_loss)
+    assert 1.0 < ce < 4.0  # an untrained 10-way read-out: about ln 10
+    assert abs(losses[1] - (losses[0] + 0.5 * ce)) < 1e-5
+
+
+def test_direction_preference_is_zero_for_a_caption_blind_model_and_large_for_one_that_knows():
+    import math
+
+    from videodirector.diffusion.ddim import NoiseSchedule
+    from videodirector.models.loading import ANIMATEDIFF_SCHEDULER
+    from videodirector.world.check import direction_preference, with_motion
+    from videodirector.world.scene import MOTIONS
+
+    assert with_motion("a red circle moving up right on a teal striped background", "up right", "down left") == \
+        "a red circle moving down left on a teal striped background"
+    assert with_motion("a red circle growing on a teal striped background", "growing", "shrinking") == \
+        "a red circle shrinking on a teal striped background"
+    schedule = NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER)
+    seen: dict = {}
+
+    def encode(frames):
+        seen["z0"] = frames[None].permute(0, 2, 1, 3, 4)[:, :, :, ::8, ::8].contiguous()
+        return seen["z0"]
+
+    true = {sample_clip(50_000 + k, motion=list(MOTIONS)[k % len(MOTIONS)], distractor_prob=0.0).caption()
+            for k in range(4)}
+
+    def knows(z, t, caps):  # the exact noise, scaled by 1.1 for the true caption and 0.5 for the wrong one
+        a = schedule.alpha(t)
+        noise = (z - math.sqrt(a) * seen["z0"]) / math.sqrt(1 - a)
+        return noise * (1.1 if caps[0] in true else 0.5)
+
+    blind = direction_preference(encode, lambda z, t, caps: 0.9 * z, schedule, n=4)
+    assert blind == {"t=700": 0.0, "t=900": 0.0, "mean": 0.0}
+    pref = direction_preference(encode, knows, schedule, n=4)
+    assert abs(pref["mean"] - (0.25 - 0.01) / 0.01) < 1e-3  # ((0.5-1)^2 - (1.1-1)^2) / (1.1-1)^2 = 24
+
+
+def test_world_check_scores_the_weights_it_is_given(tmp_path, capsys):
+    """``world.check --weights DIR`` checks an exported folder, not the bundled one; a wrong folder is a
+    one-line usage error."""
+    import json
+    import shutil
+
+    import pytest
+
+    from videodirector.world import check
+
+    weights = tmp_path / "w"
+    shutil.copytree(BUNDLED_WEIGHTS, weights)
+    card = json.loads((weights / "training.json").read_text())
+    (weights / "training.json").write_text(json.dumps({**card, "marker": "this copy"}))
+    out = tmp_path / "check.json"
+    res = check.main(["--weights", str(weights), "--device", "cpu", "--captions", "2", "--steps", "2",
+                      "--inversions", "1", "--inversion-steps", "4", "--out", str(out)])
+    assert res["training"]["marker"] == "this copy" and json.loads(out.read_text())["colour_acc"] == res["colour_acc"]
+    assert res["vae_psnr"] > 30 and res["inversion_psnr"] > 25  # the bundled models: 33 dB; 4 steps invert less well
+    assert set(res["direction_preference"]) == {"t=700", "t=900", "mean"}
+    with pytest.raises(SystemExit) as exc:
+        check.main(["--weights", str(tmp_path / "missing"), "--out", str(out)])
+    assert exc.value.code == 2 and "no ShapeWorld weights in" in capsys.readouterr().err

@@ -181,11 +181,16 @@ class Editor:
         return Path(out)
 
 
-def bundled_model_config(device: str = "auto") -> dict[str, Any]:
-    """Overrides that point a config at the bundled ShapeWorld models."""
-    if not (BUNDLED_WEIGHTS / "sd" / "unet" / "config.json").is_file():
-        raise UserError(f"bundled ShapeWorld weights missing in {BUNDLED_WEIGHTS}; reinstall videodirector")
-    return {"model.base": str(BUNDLED_WEIGHTS / "sd"), "model.motion_adapter": str(BUNDLED_WEIGHTS / "motion_adapter"),
+def bundled_model_config(device: str = "auto", weights: str | Path | None = None) -> dict[str, Any]:
+    """Overrides that point a config at the bundled ShapeWorld models (or at ``weights``, a folder
+    that ``world.train`` exported in the same layout)."""
+    root = Path(weights) if weights is not None else BUNDLED_WEIGHTS
+    if not (root / "sd" / "unet" / "config.json").is_file():
+        if weights is not None:
+            raise UserError(f"no ShapeWorld weights in {root} (expected sd/unet/config.json); give the folder "
+                            "that 'python -m videodirector.world.train --dest' wrote")
+        raise UserError(f"bundled ShapeWorld weights missing in {root}; reinstall videodirector")
+    return {"model.base": str(root / "sd"), "model.motion_adapter": str(root / "motion_adapter"),
             "model.local_files_only": True, "model.device": device}
 
 

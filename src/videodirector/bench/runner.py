@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..api import Editor, bundled_model_config
 from ..config import EditConfig, apply_overrides
@@ -77,23 +79,54 @@ def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
     return apply_overrides(base, over)
 
 
-def run_case(editor_models, base: EditConfig, method: str, case: Case) -> tuple[dict[str, Any], np.ndarray]:  # noqa: ANN001
+def inversion_key(cfg: EditConfig) -> str:
+    """The settings that stage 1 (inversion) reads: methods of a case with the same key (VideoDirector
+    and its attention-control ablations) can share one inversion, since it does not see the target."""
+    return json.dumps({"inversion": asdict(cfg.inversion), "stdg": asdict(cfg.stdg),
+                       "negative": cfg.prompts.negative, "seed": cfg.seed}, sort_keys=True)
+
+
+def inversion_groups(base: EditConfig, methods: list[str], case: Case) -> list[list[str]]:
+    """``methods`` grouped by the inversion they need on ``case`` (first-seen order): a worker that
+    takes a whole group inverts once."""
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        groups.setdefault(inversion_key(case_config(base, m, case)), []).append(m)
+    return list(groups.values())
+
+
+def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: ANN001
+             shared: dict[tuple[str, str], tuple[Any, float]] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Invert, edit and score one (case, method) pair.
+
+    ``shared``: a memo of ``(case id, inversion_key) -> (inversion, reconstruction PSNR)`` filled and
+    reused across the methods of a case; the reported ``time_s`` still includes the inversion's time."""
     cfg = case_config(base, method, case)
     editor = Editor(cfg, method="videodirector", models=editor_models)
     editor.method_name = method
     frames, masks = (x[0] for x in render(case.source))
-    inv = editor.invert(frames, masks, case.source.caption(), use_cache=False)
+    key = (case.id, inversion_key(cfg))
+    if shared is not None and key in shared:
+        inv, recon_psnr = shared[key]
+    else:
+        inv = editor.invert(frames, masks, case.source.caption(), use_cache=False)
+        recon_psnr = reconstruction_psnr(editor, inv, frames)
+        if shared is not None:
+            if any(k[0] != case.id for k in shared):  # keep one case's inversions: workers go case by case
+                shared.clear()
+            shared[key] = (inv, recon_psnr)
     res = editor.edit(inv, case.target.caption())
     scores = score_edit(res.frames, case.source, case.target)
-    scores["reconstruction_psnr"] = reconstruction_psnr(editor, inv, frames)
+    scores["reconstruction_psnr"] = recon_psnr
     scores["mean_null_inner_iterations"] = inv.meta.get("mean_inner_iterations", 0.0)
     scores["time_s"] = sum(inv.meta["timings"].values()) + sum(res.timings.values())
     return scores, to_uint8(res.frames)
 
 
-def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path) -> dict[str, Any]:  # noqa: ANN001
+def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  # noqa: ANN001
+                   shared: dict | None = None) -> dict[str, Any]:
     """Run one case and write its JSON (and 4 frames as ``.npy`` for the report) atomically."""
-    scores, edited = run_case(models, base, method, case)
+    scores, edited = run_case(models, base, method, case, shared)
     rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
            "steps": base.inversion.num_steps, "null_inner_steps": base.inversion.null_inner_steps, **scores}
     f.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +206,7 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
     models = None
+    shared: dict = {}  # one case's inversions, reused by the methods that invert alike (``inversion_key``)
 
     def record(case: Case, method: str) -> dict[str, Any]:
         """The case's stored result, or run it now (loading the models on first need) and store it."""
@@ -184,15 +218,18 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
             from ..models.loading import load_models
 
             models = load_models(base.model)
-        return _run_and_store(models, base, method, case, f)
+        return _run_and_store(models, base, method, case, f, shared)
 
     if shard is not None:
         i, n = shard
         if not 0 <= i < n:
             raise UserError(f"shard {i}/{n} is out of range; use --shard I/N with 0 <= I < N")
-        mine = [(c, m) for c in interleave_kinds(cases) for m in methods][i::n]
-        for k, (case, method) in enumerate(mine):
-            record(case, method)
+        # n workers share the machine's cores: torch's default (all cores each) oversubscribes the CPU
+        torch.set_num_threads(max(1, (os.cpu_count() or n) // n))
+        mine = [(c, ms) for c in interleave_kinds(cases) for ms in inversion_groups(base, methods, c)][i::n]
+        for k, (case, group) in enumerate(mine):
+            for method in group:
+                record(case, method)
             progress(f"bench shard {i}/{n}", k + 1, len(mine))
         return {}
     if stored_only:
@@ -200,17 +237,21 @@ def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, de
         if not cases:
             raise UserError(f"no case of {suite} is finished by every method in {root}; run the bench (or its "
                             "shards) first, or choose fewer --methods")
+    else:  # run what is missing case by case, so the methods of a case share their inversions
+        pairs = [(c, m) for c in cases for g in inversion_groups(base, methods, c) for m in g]
+        for k, (case, method) in enumerate(pairs):
+            record(case, method)
+            progress("bench", k + 1, len(pairs))
     strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}
     per_case_all: dict[str, list[dict[str, Any]]] = {}
-    for m_i, method in enumerate(methods):
+    for method in methods:
         per_case = per_case_all[method] = []
-        for c_i, case in enumerate(cases):
+        for case in cases:
             rec = record(case, method)
             frames_f = root / "cases" / method / f"{case.id}.npy"
             if frames_f.is_file():
                 strips[case.id][method] = np.load(frames_f)
             per_case.append(rec)
-            progress(f"bench {method} ({m_i + 1}/{len(methods)})", c_i + 1, len(cases))
         summary = {k: _agg([r.get(k) for r in per_case]) for k in (*METRICS, "mean_null_inner_iterations", "time_s")}
         write_json(root / f"{method}.json", {"method": method, "cases": per_case, "summary": summary})
     summary_all = {}
