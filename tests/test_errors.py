@@ -100,7 +100,7 @@ def test_bench_bad_shard(shard, expected, tmp_path, capsys, monkeypatch):
 
 def test_bench_stored_only_without_results_is_one_line(tmp_path, capsys, monkeypatch):
     code, err = run_cli(["bench", "--stored-only", "--results", str(tmp_path), "--cases", "1"], capsys, monkeypatch)
-    assert code == 2 and "no case of shapeworld-v1 is finished" in err and "Traceback" not in err
+    assert code == 2 and "no case of shapeworld-v2 is finished" in err and "Traceback" not in err
 
 
 def test_metrics_flow_problem_is_one_line(inputs, capsys, monkeypatch):

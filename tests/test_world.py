@@ -73,14 +73,14 @@ def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
               results=tmp_path)
     assert run_bench(**kw, shard=(0, 2)) == {} and run_bench(**kw, shard=(1, 2)) == {}
     cases = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json"))
-    assert cases == ["shapeworld-v1/cases/vd-no-stdg/00-colour.json", "shapeworld-v1/cases/videodirector/00-colour.json"]
+    assert cases == ["shapeworld-v2/cases/vd-no-stdg/00-colour.json", "shapeworld-v2/cases/videodirector/00-colour.json"]
     stamp = (tmp_path / cases[1]).stat().st_mtime_ns
     partial = run_bench(**{**kw, "max_cases": 2}, stored_only=True)  # case 01 not run by anyone: left out, not run
     assert not list(tmp_path.rglob("01-*.json")) and set(partial) == set(kw["methods"])
-    assert "1 cases" in (tmp_path / "shapeworld-v1" / "report.md").read_text()
+    assert "1 cases" in (tmp_path / "shapeworld-v2" / "report.md").read_text()
     summary = run_bench(**kw)
     assert (tmp_path / cases[1]).stat().st_mtime_ns == stamp  # resumed, not re-run
-    root = tmp_path / "shapeworld-v1"
+    root = tmp_path / "shapeworld-v2"
     assert json.loads((root / "summary.json").read_text()) == summary
     for m in kw["methods"]:
         for k in ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr", "flicker"):
@@ -354,3 +354,40 @@ def test_world_check_scores_the_weights_it_is_given(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         check.main(["--weights", str(tmp_path / "missing"), "--out", str(out)])
     assert exc.value.code == 2 and "no ShapeWorld weights in" in capsys.readouterr().err
+
+
+def test_suite_v2_spreads_background_and_texture_edits_and_v1_is_unchanged():
+    import collections
+    import json
+
+    v1, v2 = shapeworld_suite("shapeworld-v1"), shapeworld_suite("shapeworld-v2")
+    kinds = collections.Counter(c.kind for c in v2)
+    assert kinds == {"colour": 12, "shape": 12, "background": 8, "texture": 4}
+    assert {c.source.motion for c in v2} == {c.source.motion for c in v1} and len({c.source.motion for c in v2}) == 10
+    assert {c.source.texture for c in v2 if c.kind == "background"} == {"striped", "checkered", "gradient"}
+    pairs = {(c.source.texture, c.target.texture) for c in v2 if c.kind == "texture"}
+    assert len(pairs) == 4 and {s for s, _ in pairs} | {t for _, t in pairs} == {"striped", "checkered", "gradient"}
+    assert [(c.id, c.source, c.change) for c in v1[:24]] == [(c.id, c.source, c.change) for c in v2[:24]]
+    # v1 still makes exactly the cases of the committed v1 results
+    stored = Path(__file__).parents[1] / "benchmarks" / "results" / "shapeworld-v1" / "cases" / "videodirector"
+    recs = [json.loads(f.read_text()) for f in sorted(stored.glob("*.json"))]
+    assert len(recs) >= 12
+    by_id = {c.id: c for c in v1}
+    assert all(by_id[r["case"]].source.caption() == r["source"] and by_id[r["case"]].target.caption() == r["target"]
+               for r in recs)
+
+
+def test_texture_edit_counts_whatever_the_phase_of_the_new_pattern():
+    """A correct texture edit may draw its stripes at any phase and period: it still counts, while the
+    unedited source and a wrong texture do not, and the exact ground truth always does."""
+    from dataclasses import replace
+
+    case = next(c for c in shapeworld_suite("shapeworld-v2") if c.kind == "texture")
+    target = case.target
+    shifted = replace(target, texture_phase=(target.texture_phase + 0.5) % 1, texture_period=15.0)
+    wrong = target.edited(texture=next(t for t in ("striped", "checkered", "gradient")
+                                       if t not in (target.texture, case.source.texture)))
+    acc = {name: score_edit(render(spec)[0][0], case.source, target)["edit_accuracy"]
+           for name, spec in {"gt": target, "shifted": shifted, "source": case.source, "wrong": wrong}.items()}
+    assert acc == {"gt": 1.0, "shifted": 1.0, "source": 0.0, "wrong": 0.0}, acc
+    assert score_edit(render(shifted)[0][0], case.source, target)["gt_psnr"] < 25  # gt_psnr still wants the exact one

@@ -237,7 +237,7 @@ def metrics(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("shapeworld-v1", "--suite", help="Suite name."),
+    suite: str = typer.Option("shapeworld-v2", "--suite", help="Suite name: shapeworld-v2 (default) or shapeworld-v1."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
     device: str = typer.Option("auto", "--device"),
     cases: Optional[int] = typer.Option(None, "--cases", help="Use only the first N cases (CPU mode)."),

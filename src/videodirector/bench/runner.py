@@ -46,26 +46,44 @@ class Case:
         return self.source.edited(**self.change)
 
 
-def shapeworld_suite(name: str = "shapeworld-v1") -> list[Case]:
+SUITES = ("shapeworld-v1", "shapeworld-v2")
+DEFAULT_SUITE = "shapeworld-v2"
+
+
+def shapeworld_suite(name: str = DEFAULT_SUITE) -> list[Case]:
     """36 cases: 12 colour swaps, 12 shape swaps, 12 background edits (8 colour, 4 texture), spread over
-    all 10 motions and 3 textures. Deterministic; bump the version when changing it."""
-    if name != "shapeworld-v1":
-        raise UserError(f"unknown suite {name!r}; available: shapeworld-v1")
+    all 10 motions. Deterministic; a new version is a new name, so stored results never change meaning.
+
+    * ``shapeworld-v1``: the background edits draw their source texture with the same index that picks
+      texture edits, so all 4 texture edits are gradient -> striped and no background-colour edit has
+      a gradient background.
+    * ``shapeworld-v2`` (default): the same colour and shape cases; background-colour edits over all 3
+      source textures, and texture edits striped -> checkered, checkered -> gradient, gradient ->
+      striped, striped -> gradient."""
+    if name not in SUITES:
+        raise UserError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
     motions, colours, bgs = list(MOTIONS), list(OBJECT_COLOURS), list(BACKGROUND_COLOURS)
     cases = []
     for i in range(36):
         kind = ("colour", "shape", "background")[i // 12]
         if kind == "background" and i % 3 == 2:
             kind = "texture"
-        src = sample_clip(5000 + i, motion=motions[i % len(motions)], texture=TEXTURES[i % 3], distractor_prob=0.0)
+        texture = TEXTURES[i % 3]
+        if name != "shapeworld-v1" and kind in ("background", "texture"):
+            k = (i - 24) // 3  # 0..3 within the background group
+            texture = TEXTURES[k % 3] if kind == "texture" else TEXTURES[(i + k) % 3]
+        src = sample_clip(5000 + i, motion=motions[i % len(motions)], texture=texture, distractor_prob=0.0)
         if kind == "colour":
             change = {"colour": colours[(colours.index(src.colour) + 1 + i % 5) % len(colours)]}
         elif kind == "shape":
             change = {"shape": SHAPES[(SHAPES.index(src.shape) + 1 + i % 3) % len(SHAPES)]}
         elif kind == "background":
             change = {"background": bgs[(bgs.index(src.background) + 1 + i % 3) % len(bgs)]}
-        else:
+        elif name == "shapeworld-v1":
             change = {"texture": TEXTURES[(TEXTURES.index(src.texture) + 1) % len(TEXTURES)]}
+        else:
+            k = (i - 24) // 3
+            change = {"texture": TEXTURES[(k + 1 + k // 3) % len(TEXTURES)]}
         cases.append(Case(f"{i:02d}-{kind}", kind, src, change))
     return cases
 
@@ -179,7 +197,7 @@ def interleave_kinds(cases: list[Case]) -> list[Case]:
     return [v[r] for r in range(rounds) for v in by_kind.values() if r < len(v)]
 
 
-def run_bench(suite: str = "shapeworld-v1", methods: list[str] | None = None, device: str = "auto",
+def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, device: str = "auto",
               max_cases: int | None = None, steps: int | None = None, inner_steps: int | None = None,
               results: Path = Path("benchmarks/results"), progress: Progress = no_progress,
               shard: tuple[int, int] | None = None, stored_only: bool = False) -> dict[str, Any]:
