@@ -124,9 +124,10 @@ def main() -> None:
     p.add_argument("--name", default=None)
     p.add_argument("--mean-inner", type=float, default=None,
                    help="mean null-text iterations per step under early stopping (default: from the bench results)")
-    p.add_argument("--bench-results", type=Path,
-                   default=Path(__file__).parent / "results" / "shapeworld-v1" / "videodirector.json",
-                   help="bench result of videodirector whose mean null-text iterations scale the estimate")
+    suites = [Path(__file__).parent / "results" / s / "videodirector.json" for s in ("shapeworld-v2", "shapeworld-v1")]
+    p.add_argument("--bench-results", type=Path, default=next((f for f in suites if f.is_file()), suites[0]),
+                   help="bench result of videodirector whose mean null-text iterations scale the estimate "
+                        "(default: the newest suite with results)")
     p.add_argument("--estimate-only", type=Path, default=None, metavar="SPEED_JSON",
                    help="only (re)compute the estimate in an existing result file from --bench-results")
     args = p.parse_args()

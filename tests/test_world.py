@@ -391,3 +391,23 @@ def test_texture_edit_counts_whatever_the_phase_of_the_new_pattern():
            for name, spec in {"gt": target, "shifted": shifted, "source": case.source, "wrong": wrong}.items()}
     assert acc == {"gt": 1.0, "shifted": 1.0, "source": 0.0, "wrong": 0.0}, acc
     assert score_edit(render(shifted)[0][0], case.source, target)["gt_psnr"] < 25  # gt_psnr still wants the exact one
+
+
+def test_shape_edit_is_read_from_the_objects_own_outline():
+    """A correct shape drawn two pixels off the ground truth's place counts; the source shape and a
+    wrong shape do not; every ground-truth target of the suite counts fully and every source not at all."""
+    from dataclasses import replace
+
+    from videodirector.world.evaluate import edit_accuracy
+    from videodirector.world.scene import SHAPES
+
+    suite = shapeworld_suite("shapeworld-v2")
+    for c in suite:
+        assert edit_accuracy(render(c.target)[0][0], c.source, c.target) == 1.0, c.id
+        assert edit_accuracy(render(c.source)[0][0], c.source, c.target) == 0.0, c.id
+    case = next(c for c in suite if c.kind == "shape")
+    t = case.target
+    off = replace(t, x0=t.x0 + 2, y0=t.y0 - 2)
+    wrong = t.edited(shape=next(s for s in SHAPES if s not in (t.shape, case.source.shape)))
+    assert edit_accuracy(render(off)[0][0], case.source, t) == 1.0
+    assert edit_accuracy(render(wrong)[0][0], case.source, t) == 0.0

@@ -4,7 +4,10 @@
 only in the edited attribute(s), the ground-truth target is the nearest to the edited frame (inside
 the region the edit should change). It is rule-based and needs no learned classifier.
 
-A texture edit has no pixel-exact answer: nothing in the source fixes the phase or period of the new
+A shape edit is read from the object's own outline (``world.check.classify``: best IoU of the four
+shape templates at the object's centroid and area, per frame): an edited triangle drawn a pixel or two
+off the ground truth's is still a triangle, though by pixel distance it can be nearer a circle at the
+ground truth's place. A texture edit has no pixel-exact answer: nothing in the source fixes the phase or period of the new
 stripes or checks, so for texture each candidate value is rendered at ``TEXTURE_PHASES`` phases x
 ``TEXTURE_PERIODS`` periods and counts by its nearest variant (``gt_psnr`` still compares with the one
 ground truth).
@@ -47,18 +50,27 @@ def edit_candidates(target: ClipSpec, changed: list[str]) -> dict[str, Tensor]:
 
 
 def edit_accuracy(edited: Tensor, source: ClipSpec, target: ClipSpec, frames: list[int] | None = None) -> float:
-    """Fraction of frames whose nearest candidate (``edit_candidates``, inside the region the edit
-    changes: the union of the object masks for colour/shape, the rest for background/texture) has
-    the target's values. ``frames``: which frames of the clip ``edited`` holds (default: all)."""
+    """Fraction of frames that show the target's values: for shape, the outline classified per frame;
+    for the other attributes, the nearest candidate (``edit_candidates``) inside the region the edit
+    changes (the union of the object masks for colour, the rest for background/texture).
+    ``frames``: which frames of the clip ``edited`` holds (default: all)."""
+    from .check import classify
+
     changed = [a for a in ATTRIBUTE_VALUES if getattr(source, a) != getattr(target, a)]
-    union = render(source)[1][0] | render(target)[1][0]
-    region = union if any(a in ("colour", "shape") for a in changed) else ~union
-    cands = edit_candidates(target, changed)
-    if frames is not None:
-        region, cands = region[frames], {k: v[frames] for k, v in cands.items()}
-    want = "/".join(getattr(target, a) for a in changed)
-    picks = [p.split("#")[0] for p in closest_candidate(edited, cands, region)]
-    return sum(p == want for p in picks) / len(picks)
+    ok = [True] * len(edited)
+    if "shape" in changed:  # the object's own outline, wherever the edit put it
+        ok = [classify(edited[i:i + 1], target.background)["shape"] == target.shape for i in range(len(edited))]
+    others = [a for a in changed if a != "shape"]
+    if others:
+        union = render(source)[1][0] | render(target)[1][0]
+        region = union if any(a in ("colour", "shape") for a in changed) else ~union
+        cands = edit_candidates(target, others)
+        if frames is not None:
+            region, cands = region[frames], {k: v[frames] for k, v in cands.items()}
+        want = "/".join(getattr(target, a) for a in others)
+        picks = [p.split("#")[0] for p in closest_candidate(edited, cands, region)]
+        ok = [o and p == want for o, p in zip(ok, picks)]
+    return sum(ok) / len(ok)
 
 
 def score_edit(edited: Tensor, source: ClipSpec, target: ClipSpec) -> dict[str, float]:
