@@ -411,3 +411,30 @@ def test_shape_edit_is_read_from_the_objects_own_outline():
     wrong = t.edited(shape=next(s for s in SHAPES if s not in (t.shape, case.source.shape)))
     assert edit_accuracy(render(off)[0][0], case.source, t) == 1.0
     assert edit_accuracy(render(wrong)[0][0], case.source, t) == 0.0
+
+
+def test_bench_workers_run_the_shards_in_subprocesses_then_gather(tmp_path):
+    """``videodirector bench --workers 2``: two worker processes store every (case, method) pair, each
+    with its log, and the gathering run writes the summary without re-running them."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "videodirector.cli", "bench", "--device", "cpu", "--cases", "1", "--steps", "2",
+           "--inner-steps", "1", "--methods", "videodirector,vd-no-stdg", "--results", str(tmp_path), "--workers", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    root = tmp_path / "shapeworld-v2"
+    logs = sorted(p.name for p in (root / "workers").iterdir())
+    assert logs == ["worker-0-of-2.log", "worker-1-of-2.log"]
+    assert all("shard" in (root / "workers" / n).read_text() for n in logs)  # each ran its share and said so
+    summary = json.loads((root / "summary.json").read_text())
+    assert set(summary) == {"videodirector", "vd-no-stdg"} and summary["videodirector"]["gt_psnr"]["mean"] > 5
+    bad = subprocess.run(cmd[:-2] + ["--workers", "2", "--stored-only"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--workers starts its own shards" in " ".join(bad.stdout.split() + bad.stderr.split())
+    failing = [*cmd[:5], "cuda", *cmd[6:]]  # no GPU here: every worker stops with an error
+    failing[failing.index("--results") + 1] = str(tmp_path / "other")
+    res = subprocess.run(failing, capture_output=True, text=True, timeout=300)
+    said = " ".join(res.stdout.split() + res.stderr.split())
+    assert res.returncode == 2 and "2 of 2 bench workers failed" in said and "worker-0-of-2.log" in said
+    assert "Traceback" not in said

@@ -249,9 +249,11 @@ def bench(
                                         "(start N workers, then gather with a plain run)."),
     stored_only: bool = typer.Option(False, "--stored-only", help="Run nothing: summarise the cases that every "
                                      "method has finished (after a run cut short)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Run N shard workers in parallel (one GPU: a small "
+                                "model is launch-bound, so they overlap), then gather."),
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
-    from .bench.runner import run_bench
+    from .bench.runner import run_bench, run_workers
     from .methods.base import METHODS
 
     if list_methods:
@@ -265,7 +267,16 @@ def bench(
         if not (i.isdigit() and n.isdigit()):
             raise UserError(f"--shard {shard!r} is not I/N; write e.g. --shard 0/8")
         part = (int(i), int(n))
+    if workers > 1 and (part or stored_only):
+        raise UserError("--workers starts its own shards; leave out --shard and --stored-only")
     _quiet()
+    if workers > 1:
+        options = ["--suite", suite, "--device", device, "--results", str(results)]
+        for flag, value in (("--methods", methods), ("--cases", cases), ("--steps", steps), ("--inner-steps", inner_steps)):
+            if value is not None:
+                options += [flag, str(value)]
+        with progress_bar() as cb:
+            run_workers(workers, options, suite, names, cases, results, cb)
     with progress_bar() as cb:
         summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only)
     if part:

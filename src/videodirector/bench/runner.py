@@ -155,6 +155,48 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  
     return rec
 
 
+def run_workers(n: int, options: list[str], suite: str = DEFAULT_SUITE, methods: list[str] | None = None,
+                max_cases: int | None = None, results: Path = Path("benchmarks/results"),
+                progress: Progress = no_progress, poll_s: float = 2.0) -> None:
+    """Start ``n`` shard workers (``videodirector bench OPTIONS --shard i/n``) as subprocesses and wait
+    for them, showing how many (case, method) pairs are stored. On one GPU a small model is
+    launch-bound, so workers overlap (15 on an H100: about 23 pairs a minute). Each worker's output
+    goes to ``results/<suite>/workers/worker-<i>-of-<n>.log``; a failed worker is a one-line error
+    that names its log. Gather afterwards with a plain run (``run_bench``), which runs nothing stored."""
+    import subprocess
+    import sys
+    import time
+
+    root = Path(results) / suite
+    names = methods or list(METHODS)
+    if unknown := [m for m in names if m not in METHODS]:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+    cases = shapeworld_suite(suite)[: max_cases or None]
+    wanted = [root / "cases" / m / f"{c.id}.json" for c in cases for m in names]
+    logs = root / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(n):
+        log = logs / f"worker-{i}-of-{n}.log"
+        with open(log, "w") as f:
+            cmd = [sys.executable, "-m", "videodirector.cli", "bench", *options, "--shard", f"{i}/{n}"]
+            procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), log))
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            progress(f"bench ({n} workers)", sum(f.is_file() for f in wanted), len(wanted))
+            time.sleep(poll_s)
+    finally:
+        for p, _ in procs:
+            if p.poll() is None:
+                p.terminate()
+    progress(f"bench ({n} workers)", sum(f.is_file() for f in wanted), len(wanted))
+    failed = [(p.returncode, log) for p, log in procs if p.returncode != 0]
+    if failed:
+        rc, log = failed[0]
+        raise UserError(f"{len(failed)} of {n} bench workers failed (first: exit {rc}, see {log}); finished cases are "
+                        "kept: fix the cause and run again to resume")
+
+
 def paired_comparison(per_case: dict[str, list[dict[str, Any]]], reference: str = "videodirector",
                       metrics: tuple[str, ...] = METRICS) -> dict[str, dict[str, dict[str, float]]]:
     """Each method against ``reference`` on the same cases: per metric the mean paired difference
