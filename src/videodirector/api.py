@@ -118,8 +118,7 @@ class Editor:
         h = hashlib.sha256()
         h.update(frames.numpy().tobytes() if frames.dtype == torch.uint8 else to_uint8(frames).tobytes())
         h.update(masks.to(torch.uint8).numpy().tobytes())
-        settings = {"method": self.method_name, "source": source_prompt, "negative": self.cfg.prompts.negative,
-                    "inversion": asdict(self.cfg.inversion), "stdg": asdict(self.cfg.stdg), "seed": self.cfg.seed,
+        settings = {"method": self.method_name, "source": source_prompt, **inversion_settings(self.cfg),
                     "models": self.models.fingerprint()}
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()[:24]
@@ -179,6 +178,13 @@ class Editor:
                 **{k: v for k, v in (extra or {}).items() if k != "rows"},
             })
         return Path(out)
+
+
+def inversion_settings(cfg: EditConfig) -> dict[str, Any]:
+    """The settings that stage 1 (inversion) reads besides the video, masks, source prompt and models.
+    Part of the inversion cache key; the bench shares one inversion between methods that agree on them."""
+    return {"negative": cfg.prompts.negative, "inversion": asdict(cfg.inversion), "stdg": asdict(cfg.stdg),
+            "seed": cfg.seed}
 
 
 def bundled_model_config(device: str = "auto", weights: str | Path | None = None) -> dict[str, Any]:

@@ -13,14 +13,14 @@ import json
 import math
 import os
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..api import Editor, bundled_model_config
+from ..api import Editor, bundled_model_config, inversion_settings
 from ..config import EditConfig, apply_overrides
 from ..errors import UserError
 from ..io.outputs import atomic_write_bytes, to_uint8, write_json
@@ -69,8 +69,8 @@ def shapeworld_suite(name: str = DEFAULT_SUITE) -> list[Case]:
         if kind == "background" and i % 3 == 2:
             kind = "texture"
         texture = TEXTURES[i % 3]
+        k = (i - 24) // 3  # v2: 0..3 within the background group
         if name != "shapeworld-v1" and kind in ("background", "texture"):
-            k = (i - 24) // 3  # 0..3 within the background group
             texture = TEXTURES[k % 3] if kind == "texture" else TEXTURES[(i + k) % 3]
         src = sample_clip(5000 + i, motion=motions[i % len(motions)], texture=texture, distractor_prob=0.0)
         if kind == "colour":
@@ -82,7 +82,6 @@ def shapeworld_suite(name: str = DEFAULT_SUITE) -> list[Case]:
         elif name == "shapeworld-v1":
             change = {"texture": TEXTURES[(TEXTURES.index(src.texture) + 1) % len(TEXTURES)]}
         else:
-            k = (i - 24) // 3
             change = {"texture": TEXTURES[(k + 1 + k // 3) % len(TEXTURES)]}
         cases.append(Case(f"{i:02d}-{kind}", kind, src, change))
     return cases
@@ -100,8 +99,7 @@ def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
 def inversion_key(cfg: EditConfig) -> str:
     """The settings that stage 1 (inversion) reads: methods of a case with the same key (VideoDirector
     and its attention-control ablations) can share one inversion, since it does not see the target."""
-    return json.dumps({"inversion": asdict(cfg.inversion), "stdg": asdict(cfg.stdg),
-                       "negative": cfg.prompts.negative, "seed": cfg.seed}, sort_keys=True)
+    return json.dumps(inversion_settings(cfg), sort_keys=True)
 
 
 def inversion_groups(base: EditConfig, methods: list[str], case: Case) -> list[list[str]]:
@@ -155,6 +153,14 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  
     return rec
 
 
+def known_methods(methods: list[str] | None) -> list[str]:
+    """``methods`` (default: every registered one), with a one-line error for a name not registered."""
+    names = methods or list(METHODS)
+    if unknown := [m for m in names if m not in METHODS]:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+    return names
+
+
 def run_workers(n: int, options: list[str], suite: str = DEFAULT_SUITE, methods: list[str] | None = None,
                 max_cases: int | None = None, results: Path = Path("benchmarks/results"),
                 progress: Progress = no_progress, poll_s: float = 2.0) -> None:
@@ -168,9 +174,7 @@ def run_workers(n: int, options: list[str], suite: str = DEFAULT_SUITE, methods:
     import time
 
     root = Path(results) / suite
-    names = methods or list(METHODS)
-    if unknown := [m for m in names if m not in METHODS]:
-        raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+    names = known_methods(methods)
     cases = shapeworld_suite(suite)[: max_cases or None]
     wanted = [root / "cases" / m / f"{c.id}.json" for c in cases for m in names]
     logs = root / "workers"
@@ -254,10 +258,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     finished (for a run cut short by a time limit).
     """
     cases = shapeworld_suite(suite)[: max_cases or None]
-    methods = methods or list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+    methods = known_methods(methods)
     over = {**bundled_model_config(device), "input.height": 64, "input.width": 64}
     if steps:
         over["inversion.num_steps"] = steps

@@ -49,20 +49,28 @@ def edit_candidates(target: ClipSpec, changed: list[str]) -> dict[str, Tensor]:
     return out
 
 
-def edit_accuracy(edited: Tensor, source: ClipSpec, target: ClipSpec, frames: list[int] | None = None) -> float:
+def changed_attributes(source: ClipSpec, target: ClipSpec) -> list[str]:
+    """The attributes an edit changes, in ``ATTRIBUTE_VALUES`` order."""
+    return [a for a in ATTRIBUTE_VALUES if getattr(source, a) != getattr(target, a)]
+
+
+def edit_accuracy(edited: Tensor, source: ClipSpec, target: ClipSpec, frames: list[int] | None = None,
+                  union: Tensor | None = None) -> float:
     """Fraction of frames that show the target's values: for shape, the outline classified per frame;
     for the other attributes, the nearest candidate (``edit_candidates``) inside the region the edit
     changes (the union of the object masks for colour, the rest for background/texture).
-    ``frames``: which frames of the clip ``edited`` holds (default: all)."""
+    ``frames``: which frames of the clip ``edited`` holds (default: all). ``union``: the source and
+    target object masks of the whole clip, OR-ed (rendered here when not given)."""
     from .check import classify
 
-    changed = [a for a in ATTRIBUTE_VALUES if getattr(source, a) != getattr(target, a)]
+    changed = changed_attributes(source, target)
     ok = [True] * len(edited)
     if "shape" in changed:  # the object's own outline, wherever the edit put it
         ok = [classify(edited[i:i + 1], target.background)["shape"] == target.shape for i in range(len(edited))]
     others = [a for a in changed if a != "shape"]
     if others:
-        union = render(source)[1][0] | render(target)[1][0]
+        if union is None:
+            union = render(source)[1][0] | render(target)[1][0]
         region = union if any(a in ("colour", "shape") for a in changed) else ~union
         cands = edit_candidates(target, others)
         if frames is not None:
@@ -77,8 +85,7 @@ def score_edit(edited: Tensor, source: ClipSpec, target: ClipSpec) -> dict[str, 
     """Ground-truth metrics of one edit. ``edited``: ``(F, 3, H, W)`` in [-1, 1]."""
     src_v, src_m = (x[0] for x in render(source))
     tgt_v, tgt_m = (x[0] for x in render(target))
-    changed = [a for a in ATTRIBUTE_VALUES if getattr(source, a) != getattr(target, a)]
-    object_edit = any(a in ("colour", "shape") for a in changed)
+    object_edit = any(a in ("colour", "shape") for a in changed_attributes(source, target))
     union = src_m | tgt_m
     bg_region = ~union if object_edit else union  # what must stay: the background, or the object
     return {
@@ -86,7 +93,7 @@ def score_edit(edited: Tensor, source: ClipSpec, target: ClipSpec) -> dict[str, 
         "gt_ssim": ssim(edited, tgt_v),
         "background_psnr": psnr(edited, src_v, ~union),  # outside both masks, vs the source
         "preserved_psnr": psnr(edited, src_v, bg_region),  # what the edit must keep (object for background edits)
-        "edit_accuracy": edit_accuracy(edited, source, target),
+        "edit_accuracy": edit_accuracy(edited, source, target, union=union),
         "trajectory_error_px": trajectory_error(edited, OBJECT_COLOURS[target.colour], _background_only(target), tgt_m),
         "flicker": temporal_flicker(edited, tgt_v, ~union),
     }

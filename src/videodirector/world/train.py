@@ -95,8 +95,7 @@ class CaptionMotionProbe(torch.nn.Module):
     about 0.6 for a wrong object colour), and its clips moved wherever the noise led. The text encoder
     trained on single frames had shrunk the direction words to a tenth of a colour word's effect on its
     outputs, and the image UNet's cross-attention hardly looks at them: with both near zero the
-    diffusion loss has almost no gradient to grow either (two more H100 runs of 2,500 steps with the
-    cross-attention keys/values trainable left it at 0). The probe's cross-entropy, weighted by
+    diffusion loss has almost no gradient to grow either. The probe's cross-entropy, weighted by
     ``MOTION_PROBE_WEIGHT``, makes the text encoder carry the direction into the later tokens (the
     background words and padding, which the UNet does attend to), so the motion module gets a signal
     to learn from. Captions dropped for classifier-free guidance are left out of the probe."""
@@ -519,8 +518,7 @@ class Trainer:
                 emb = text(self.tokens(captions))[0].repeat_interleave(z.shape[2], dim=0)
                 return unet(z, t, encoder_hidden_states=emb).sample
 
-        with torch.no_grad():
-            pref = {k: round(v, 4) for k, v in direction_preference(encode, eps, self.schedule).items()}
+        pref = {k: round(v, 4) for k, v in direction_preference(encode, eps, self.schedule).items()}  # no_grad
         unet.train(was[0])
         text.train(was[1])
         _log(f"motion step {step}: direction preference {pref}")
