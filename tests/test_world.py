@@ -137,6 +137,22 @@ def test_min_snr_weights_follow_eq8():
     assert torch.allclose(w, torch.tensor([5 / 999, 1.0, 1.0, 1.0]), rtol=1e-4)
 
 
+def test_high_noise_weights_are_the_x0_loss_below_snr_1_and_min_snr_above():
+    """``|ε - ε̂|² = SNR |x₀ - x̂₀|²``: for SNR < 1 the weight is 1/SNR up to the cap, so the weighted ε loss
+    is the x₀ loss; from SNR 1 up it is min-SNR-5; cap 0 is plain min-SNR."""
+    import torch
+
+    from videodirector.world.train import high_noise_weights, min_snr_weights
+
+    acp = torch.tensor([0.999, 5 / 6, 0.5, 0.2, 0.01])  # SNR 999, 5, 1, 0.25, 0.0101
+    w = high_noise_weights(acp, cap=20.0, gamma=5.0)
+    assert torch.allclose(w, torch.tensor([5 / 999, 1.0, 1.0, 4.0, 20.0]), rtol=1e-4)
+    snr = acp / (1 - acp)
+    eps_err = torch.tensor([0.3, 0.2, 0.1, 0.4, 0.1])  # |ε - ε̂|² per sample
+    assert torch.allclose(w[3] * eps_err[3], eps_err[3] / snr[3])  # = |x₀ - x̂₀|² where uncapped
+    assert torch.equal(high_noise_weights(acp, cap=0.0), min_snr_weights(acp))
+
+
 def test_offset_noise_adds_one_constant_per_clip_and_channel():
     """The per-(clip, channel) mean of the training noise has variance 1/(F·H·W) + offset², and for
     video the constant is shared by all frames (so the mean over pixels of each frame agrees)."""
@@ -213,6 +229,7 @@ def test_motion_stage_trains_only_the_adapter_and_the_cross_attention_keys_value
     info = export(tmp_path / "run", tmp_path / "w")
     assert info["motion_stage_trains_cross_kv"] and info["steps"]["motion"] > 2
     assert info["motion_stage_recipe"]["probe_weight"] == train.MOTION_PROBE_WEIGHT > 0
+    assert info["motion_stage_recipe"]["high_noise_weight"] == train.HIGH_NOISE_WEIGHT > 1
     assert set(info["motion_eval"][-1]["direction_preference"]) == {"t=700", "t=900", "mean"}
     probe = tr.load_state("motion")["probe"]  # kept for resuming, not exported
     assert probe["head.weight"].shape == (10, 64)

@@ -13,7 +13,8 @@ Stages (``--stage``):
    single frames, where motion words carry no signal. A linear probe reading the caption's motion
    from the text encoder's outputs adds its cross-entropy to the loss (``CaptionMotionProbe``,
    ``--motion-probe``) so that direction words reach the UNet; every 1,000 steps the log shows
-   ``world.check.direction_preference`` (``motion_eval`` in the model card).
+   ``world.check.direction_preference`` (``motion_eval`` in the model card). The noisiest steps,
+   where a sampler picks the direction, are weighted as an x₀ loss (``high_noise_weights``).
 4. ``export``: fp16 ``save_pretrained`` into the package (sharded, every file <= 12 MB).
 
 The diffusion losses use min-SNR-5 weights and offset noise (see ``training_noise``). ``--init-from WEIGHTS`` starts from exported weights, and
@@ -135,6 +136,24 @@ def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float = MIN_SNR_GAMMA
     return snr.clamp(max=gamma) / snr
 
 
+HIGH_NOISE_WEIGHT = 20.0
+"""Cap of the motion stage's high-noise weights (``high_noise_weights``, ``--high-noise-weight``; 0: plain min-SNR)."""
+
+
+def high_noise_weights(alphas_cumprod_t: torch.Tensor, cap: float = HIGH_NOISE_WEIGHT,
+                       gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Motion-stage loss weights: ``max(min(SNR, γ) / SNR, min(1 / SNR, cap))``.
+
+    The ε loss is the x₀ loss times SNR: ``|ε - ε̂|² = SNR(t) |x₀ - x̂₀|²``. At t = 900 the schedule's
+    SNR is 0.014, so how well the model predicts *where the object goes* (the clean clip's mean given
+    the caption, which is all that is knowable there) counts 70 times less than at SNR 1, and that is
+    where a sampler decides the direction. For SNR < 1 this weights the ε loss by ``1 / SNR``
+    (the x₀ loss) up to ``cap``; above it the weights are min-SNR-γ's (``min_snr_weights``)."""
+    snr = alphas_cumprod_t / (1 - alphas_cumprod_t)
+    base = min_snr_weights(alphas_cumprod_t, gamma)
+    return base if cap <= 0 else torch.maximum(base, (1 / snr).clamp(max=cap))
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -156,9 +175,9 @@ def _step_profiler():  # noqa: ANN202
 class Trainer:
     def __init__(self, out: Path, device: torch.device, minutes: float, seed: int = 0, compile: bool = False,
                  profile: bool = False, motion_cross_kv: bool = MOTION_TRAINS_CROSS_KV,
-                 motion_probe: float = MOTION_PROBE_WEIGHT) -> None:
+                 motion_probe: float = MOTION_PROBE_WEIGHT, high_noise_weight: float = HIGH_NOISE_WEIGHT) -> None:
         self.out, self.device, self.seed, self.compile = out, device, seed, compile
-        self.motion_cross_kv, self.motion_probe = motion_cross_kv, motion_probe
+        self.motion_cross_kv, self.motion_probe, self.high_noise_weight = motion_cross_kv, motion_probe, high_noise_weight
         earlier = out / "init_steps.json"  # written by init_from_export, before the trainer is built
         self.earlier_steps: dict[str, int] = json.loads(earlier.read_text()) if earlier.is_file() else {}
         """Steps already in reopened weights, per stage (``--reopen``): they offset data seeds and add up in the card."""
@@ -312,7 +331,8 @@ class Trainer:
             emb = emb.repeat_interleave(z.shape[2], dim=0)
         pred = unet(zt, t, encoder_hidden_states=emb).sample
         per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
-        return (min_snr_weights(self.acp[t]) * per_sample).mean() + self.motion_probe * probe_loss
+        weights = high_noise_weights(self.acp[t], self.high_noise_weight) if motion else min_snr_weights(self.acp[t])
+        return (weights * per_sample).mean() + self.motion_probe * probe_loss
 
     def _latents(self, vae, frames: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         with torch.no_grad(), torch.autocast(**self.amp):
@@ -532,7 +552,8 @@ class Trainer:
         cross = {n: state[n].detach().cpu().clone() for n in cross_kv_names(unet)} if self.motion_cross_kv else {}
         self.save_state("motion", step, {"adapter": adapter, "text": text}, opt, None,
                         {"cross_kv": cross, "probe": probe.state_dict(),
-                         "recipe": {"lr": dict(MOTION_STAGE_LR), "probe_weight": self.motion_probe}})
+                         "recipe": {"lr": dict(MOTION_STAGE_LR), "probe_weight": self.motion_probe,
+                                    "high_noise_weight": self.high_noise_weight}})
 
 
 @torch.no_grad()
@@ -683,6 +704,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="override the motion stage's peak learning rates, e.g. motion=6e-4,text=3e-4,cross_kv=3e-4")
     p.add_argument("--motion-probe", type=float, default=MOTION_PROBE_WEIGHT,
                    help="weight of the caption-motion probe loss on the text encoder (0 turns it off)")
+    p.add_argument("--high-noise-weight", type=float, default=HIGH_NOISE_WEIGHT,
+                   help="motion stage: weight the noisiest steps by 1/SNR up to this cap (the x0 loss; "
+                        "see high_noise_weights; 0: plain min-SNR)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="exported weights folder to start from (its VAE, image UNet and text encoder count as trained)")
     p.add_argument("--reopen", type=str, default="",
@@ -708,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from is not None:
         init_from_export(args.out, args.init_from, reopen)
     tr = Trainer(args.out, torch.device(args.device), args.minutes, args.seed, args.compile, args.profile,
-                 args.motion_cross_kv, args.motion_probe)
+                 args.motion_cross_kv, args.motion_probe, args.high_noise_weight)
     vae, unet, text, adapter = tr.build()
     stages = ["vae", "image", "motion", "export"] if args.stage == "all" else [args.stage]
     for stage in stages:
