@@ -118,6 +118,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet; the warm-up (which compiles) is reported as compile_s, not counted")
     p.add_argument("--fast", action="store_true", help="also time --fast-inversion direct")
+    p.add_argument("--attention-backend", default="default", choices=["default", "cudnn", "flash", "efficient"],
+                   help="model.attention_backend: the SDPA kernel tried first (benchmarks/edit_profile.py compares them)")
+    p.add_argument("--channels-last", action="store_true", help="model.channels_last: channels-last UNet weights")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--base", default=None)
     p.add_argument("--motion-adapter", default=None)
@@ -148,6 +151,9 @@ def main() -> None:
         models = load_models(cfg.model)
     else:
         models = random_bundle(device, dtype)
+    models.attention_backend = args.attention_backend
+    if args.channels_last:
+        models.unet.to(memory_format=torch.channels_last)
     if args.compile:
         models.unet.compile()
     if args.gradient_checkpointing:
@@ -172,6 +178,7 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     data = {"machine": machine(), "frames": args.frames, "size": args.size, "steps": args.steps,
             "null_inner_steps": args.inner, "dtype": str(dtype), "compiled": args.compile,
+            "attention_backend": args.attention_backend, "channels_last": args.channels_last,
             "end_to_end_s": out["invert_s"] + out["edit_only_s"], "edit_only_s": out["edit_only_s"],
             "peak_gb": peak, "warmup_s": warmup_s, "null_text_iteration_s": per_iter, "stages_s": out["stages"], "targets": {"end_to_end_s": 150, "peak_gb": 24,
                                                                    "edit_only_s": 16, "reference_ratio": 1.6}}

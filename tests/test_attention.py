@@ -74,3 +74,102 @@ def test_schedule_reads_the_clock_not_call_counts(tiny_models):
     assert torch.allclose(a[0], plain[0], atol=1e-5) and torch.allclose(a[2:], plain[2:], atol=1e-5)
     assert not torch.allclose(c[:2], plain[:2], atol=1e-4)  # SA-II changes both edit branches
     assert sched.sa1_steps == range(0, 4) and sched.sa2_steps == range(4, 10) and sched.cross_steps == range(0, 8)
+
+
+def _straightforward_self(ctx, layer, q, k, v):  # noqa: ANN001, ANN202
+    """Eq. 6 as written: plain attention for all four branches, then the controlled ones replaced."""
+    from videodirector.attention.processors import Branches
+
+    step, tokens = ctx.clock.step, q.shape[2]
+    out = Branches.split(F.scaled_dot_product_attention(q, k, v))
+    qs, ks, vs = Branches.split(q), Branches.split(k), Branches.split(v)
+    if step in ctx.schedule.sa1_steps and tokens <= ctx.schedule.sa1_max_tokens:
+        out.parts["edit_cond"] = F.scaled_dot_product_attention(qs["recon_cond"], ks["recon_cond"], vs["edit_cond"])
+    elif step in ctx.schedule.sa2_steps and layer.index in ctx.schedule.sa2_layers:
+        for e, r in (("edit_uncond", "recon_uncond"), ("edit_cond", "recon_cond")):
+            out.parts[e] = mutual_self_attention(qs[e], ks[r], vs[r], ks[e], vs[e], ctx.masks_by_tokens[tokens])
+    return out.join()
+
+
+def _straightforward_cross(ctx, layer, mode, mapper, alphas, eq, q, k, v, scale):  # noqa: ANN001, ANN202
+    """Eq. 7 as written: explicit maps for all four branches, the edit-cond one replaced, then ``@ V``."""
+    from videodirector.attention.processors import Branches
+
+    probs = Branches.split(torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1))
+    if ctx.clock.step in ctx.schedule.cross_steps and layer.index in ctx.schedule.cross_layers:
+        base, edit = probs["recon_cond"], probs["edit_cond"]
+        new = base @ mapper if mode == "replace" else base[..., mapper] * alphas + edit * (1 - alphas)
+        probs.parts["edit_cond"] = new * eq
+    return probs.join() @ v
+
+
+def test_control_processors_equal_the_straightforward_path():
+    """The processors attend each branch only as far as Eq. 6/7 need (the SA-II edit branches in one
+    masked call, explicit cross maps for the two cond branches only); outputs equal computing every
+    branch plainly and then replacing, at SA-I, SA-II and cross steps, in replace and refine modes."""
+    from types import SimpleNamespace
+
+    from videodirector.attention.control import CrossControlProcessor
+    from videodirector.attention.processors import AttentionLayer
+
+    torch.manual_seed(0)
+    f, heads, n, d = 3, 2, 16, 8
+    sched = EditSchedule.build(10, 0.4, 0.8, [0, 16], None, [0, 16], sa1_max_tokens=16)
+    mask = torch.rand(f, n) < 0.4
+    clock = Clock(step=0, num_steps=10)
+    ctx = EditContext(clock, sched, f, {n: mask})
+    layer = AttentionLayer("up_blocks.3.attentions.0.transformer_blocks.0.attn1", "self", "up_blocks.3", 9)
+    q, k, v = (torch.randn(4 * f, heads, n, d) for _ in range(3))
+    proc = SelfControlProcessor(layer, ctx)
+    for step in (0, 3, 4, 9):  # SA-I, SA-I, SA-II, SA-II
+        clock.step = step
+        ref = _straightforward_self(ctx, layer, q, k, v)
+        assert torch.allclose(proc.attend(None, q, k, v), ref, atol=1e-6), step
+    assert not torch.allclose(ref, F.scaled_dot_product_attention(q, k, v), atol=1e-3)  # SA-II acted
+
+    tokens = 7
+    kc, vc = torch.randn(4 * f, heads, tokens, d), torch.randn(4 * f, heads, tokens, d)
+    attn = SimpleNamespace(scale=d**-0.5)
+    cross = AttentionLayer("up_blocks.3.attentions.0.transformer_blocks.0.attn2", "cross", "up_blocks.3", 9)
+    mapper_replace = torch.eye(tokens)[torch.randperm(tokens)]
+    mapper_refine, alphas = torch.randperm(tokens), (torch.rand(tokens) > 0.5).float()
+    eq = torch.ones(tokens)
+    eq[2] = 2.0
+    for mode, mapper in (("replace", mapper_replace), ("refine", mapper_refine)):
+        proc = CrossControlProcessor(cross, ctx, mode, mapper, alphas, eq)
+        for step in (0, 9):  # controlled, then past cross_steps
+            clock.step = step
+            ref = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q, kc, vc, attn.scale)
+            assert torch.allclose(proc.attend(attn, q, kc, vc), ref, atol=1e-5), (mode, step)
+
+
+def test_attention_backend_puts_its_kernel_first_only_inside_unet_forwards(tiny_models):
+    """``model.attention_backend``: inside ``eps`` the chosen SDPA kernel leads PyTorch's priority order;
+    outside, the order is PyTorch's own again. An unknown backend is a config error naming the choices."""
+    import pytest
+    from torch.nn.attention import SDPBackend
+
+    from videodirector.config import EditConfig, apply_overrides
+    from videodirector.errors import ConfigError
+    from videodirector.models.loading import sdpa_priority
+
+    if not hasattr(torch._C, "_get_sdp_priority_order"):
+        pytest.skip("this PyTorch cannot report the SDPA priority order")
+    before = list(torch._C._get_sdp_priority_order())
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        with sdpa_priority(name):
+            assert torch._C._get_sdp_priority_order()[0] == int(backend)
+        assert list(torch._C._get_sdp_priority_order()) == before
+    seen = []
+    m = tiny_models
+    m.unet.register_forward_pre_hook(lambda *a: seen.append(torch._C._get_sdp_priority_order()[0]))
+    m.attention_backend = "cudnn"
+    try:
+        with torch.no_grad():
+            m.eps(torch.randn(1, 4, 2, 8, 8), 500, m.encode_prompt(["a red circle"]).expand(2, -1, -1))
+    finally:
+        m.attention_backend = "default"
+        m.unet._forward_pre_hooks.clear()
+    assert seen == [int(SDPBackend.CUDNN_ATTENTION)]
+    with pytest.raises(ConfigError, match="attention_backend"):
+        apply_overrides(EditConfig(), {"model.attention_backend": "triton"})

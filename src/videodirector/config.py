@@ -52,6 +52,11 @@ class ModelConfig:
     """``torch.compile`` the UNet (GPU; one-time compile cost, cached on disk by PyTorch)."""
     gradient_checkpointing: bool = False
     """Trade time for memory in the null-text backward (helps on 24 GB cards)."""
+    attention_backend: Literal["default", "cudnn", "flash", "efficient"] = "default"
+    """Which ``scaled_dot_product_attention`` kernel PyTorch tries first (CUDA; ``default``: PyTorch's order).
+    Outputs agree within kernel rounding; ``benchmarks/edit_profile.py`` measures them."""
+    channels_last: bool = False
+    """Keep the UNet's convolution weights in channels-last memory format (CUDA speed option)."""
 
 
 @dataclass

@@ -156,15 +156,15 @@ class SelfControlProcessor(ControlProcessor):
         sa2 = step in ctx.schedule.sa2_steps and self.layer.index in ctx.schedule.sa2_layers
         if not (sa1 or sa2):
             return sdpa(query, key, value)
+        if sa2:  # the recon branches attend plainly; both edit branches in one masked call
+            n = 2 * ctx.num_frames
+            obj = ctx.masks_by_tokens[tokens]
+            edit = mutual_self_attention(query[:n], key[n:], value[n:], key[:n], value[:n], obj.repeat(2, 1))
+            return torch.cat([edit, sdpa(query[n:], key[n:], value[n:])])
         q, k, v = Branches.split(query), Branches.split(key), Branches.split(value)
         out = Branches.split(sdpa(query, key, value))
-        if sa1:
-            # W_recon · V_edit (Eq. 6 first case): the recon-cond map applied to edit-cond values.
-            out.parts["edit_cond"] = sdpa(q["recon_cond"], k["recon_cond"], v["edit_cond"])
-        else:
-            obj = ctx.masks_by_tokens[tokens]
-            for e, r in (("edit_uncond", "recon_uncond"), ("edit_cond", "recon_cond")):
-                out.parts[e] = mutual_self_attention(q[e], k[r], v[r], k[e], v[e], obj)
+        # SA-I: W_recon · V_edit (Eq. 6 first case): the recon-cond map applied to edit-cond values.
+        out.parts["edit_cond"] = sdpa(q["recon_cond"], k["recon_cond"], v["edit_cond"])
         return out.join()
 
 
@@ -188,19 +188,22 @@ class CrossControlProcessor(ControlProcessor):
         record = self.blend is not None and self.blend.wants(query.shape[2])
         if query.shape[0] != 4 * ctx.num_frames or not (control or record):
             return F.scaled_dot_product_attention(query, key, value)
-        probs = Branches.split(torch.softmax(query @ key.transpose(-1, -2) * attn.scale, dim=-1))
-        if control:
-            base, edit = probs["recon_cond"], probs["edit_cond"]
-            eq = self.equalizer.to(edit)
-            if self.mode == "replace":
-                new = base @ self.mapper.to(edit)
-            else:
+        # explicit maps for the two cond branches only; the uncond branches and recon-cond's output are plain
+        f = ctx.num_frames
+        q, k = Branches.split(query), Branches.split(key)
+        base = torch.softmax(q["recon_cond"] @ k["recon_cond"].transpose(-1, -2) * attn.scale, dim=-1)
+        if control and self.mode == "replace":
+            edit = (base @ self.mapper.to(base)) * self.equalizer.to(base)
+        else:
+            edit = torch.softmax(q["edit_cond"] @ k["edit_cond"].transpose(-1, -2) * attn.scale, dim=-1)
+            if control:
                 a = self.alphas.to(edit)
-                new = base[..., self.mapper.to(edit.device)] * a + edit * (1 - a)
-            probs.parts["edit_cond"] = new * eq
-        if record:
-            self.blend.record(probs["recon_cond"], probs["edit_cond"])
-        return probs.join() @ value
+                edit = (base[..., self.mapper.to(edit.device)] * a + edit * (1 - a)) * self.equalizer.to(edit)
+        if record:  # after the edit, as prompt-to-prompt's store (which aliases the edited maps) sees them
+            self.blend.record(base, edit)
+        out = F.scaled_dot_product_attention(query, key, value)
+        out[f : 2 * f] = edit @ value[f : 2 * f]
+        return out
 
 
 class LocalBlend:

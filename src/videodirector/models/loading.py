@@ -14,6 +14,7 @@ bundled ShapeWorld models do. The noise schedule is AnimateDiff's (linear betas 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class ModelBundle:
     device: torch.device
     dtype: torch.dtype
     sources: dict[str, str] = field(default_factory=dict)
+    attention_backend: str = "default"
+    """``ModelConfig.attention_backend``: the SDPA kernel tried first during UNet forwards."""
 
     @property
     def vae_scale_factor(self) -> int:
@@ -120,8 +123,30 @@ class ModelBundle:
         return torch.cat(out).float().clamp(-1, 1)
 
     def eps(self, z: Tensor, t: int, emb: Tensor) -> Tensor:
-        """``ε_θ(z, emb, t)`` for latents ``(B, C, F, h, w)`` and per-frame embeddings ``(B·F, 77, D)``."""
-        return self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype)).sample
+        """``ε_θ(z, emb, t)`` for latents ``(B, C, F, h, w)`` and per-frame embeddings ``(B·F, 77, D)``.
+
+        ``t`` goes in as a tensor: a Python int would be a constant to ``torch.compile``, which would then
+        compile the UNet once per timestep."""
+        with sdpa_priority(self.attention_backend):
+            return self.unet(z.to(self.dtype), torch.as_tensor(t), encoder_hidden_states=emb.to(self.dtype)).sample
+
+
+SDPA_FIRST = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+
+
+def sdpa_priority(first: str):  # noqa: ANN201
+    """Context in which ``scaled_dot_product_attention`` tries the ``first`` kernel before the others
+    (``default``: PyTorch's own order, no context)."""
+    if first == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rest = [b for b in (*SDPA_FIRST.values(), "MATH") if b != SDPA_FIRST[first]]
+    order = [getattr(SDPBackend, b) for b in (SDPA_FIRST[first], *rest)]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # PyTorch < 2.6 cannot reorder: every kernel stays allowed, in PyTorch's order
+        return sdpa_kernel(order)
 
 
 def _offline(cfg: ModelConfig) -> bool:
@@ -194,10 +219,12 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         unet.train()  # diffusers checkpoints only in training mode; no dropout in these blocks
+    if cfg.channels_last:
+        unet.to(memory_format=torch.channels_last)
     if cfg.compile:
         unet.compile()
     sources = {"base": base, "motion_adapter": adapter_id}
     if cfg.single_file:
         sources["single_file"] = cfg.single_file
     return ModelBundle(unet, vae, text_encoder, tokenizer, NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER),
-                       device, dtype, sources)
+                       device, dtype, sources, cfg.attention_backend)
