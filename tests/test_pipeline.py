@@ -103,3 +103,27 @@ def test_reference_cost_mode_gives_the_same_inversion(tiny_cfg, tiny_models):
     assert rel_g < 1e-2 and rel_z < 1e-3, (rel_g, rel_z)
     assert fast.guidance[1:].abs().mean() > 0
     assert not any(p.requires_grad for p in tiny_models.unet.parameters())
+
+
+def test_edit_leaves_out_the_recon_uncond_branch_only_where_nothing_reads_it(tiny_cfg, tiny_models, monkeypatch):
+    """Before SA-II (and without direct inversion) nothing reads the recon-uncond branch, so the loop runs
+    three branches there: the edit equals the one that runs all four branches at every step, and the
+    batch shrinks on exactly the SA-I steps."""
+    from videodirector.attention.processors import Branches
+    from videodirector.methods.videodirector import VideoDirector
+
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 5, "inversion.null_inner_steps": 1})
+    vd = VideoDirector(tiny_models, cfg)
+    inv = vd.invert(frames, masks, "a red circle moving right")
+    batches = []
+    hook = tiny_models.unet.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
+    try:
+        lean = vd.edit(inv, "a blue square moving right")
+    finally:
+        hook.remove()
+    assert batches == [3, 3, 4, 4, 4]  # tau_s = 0.4 of 5 steps: SA-I on steps 0-1, SA-II after
+    monkeypatch.setattr(Branches, "WITHOUT_RECON_UNCOND", Branches.NAMES)
+    full = vd.edit(inv, "a blue square moving right")
+    assert torch.allclose(lean.latents, full.latents, atol=1e-4 * float(full.latents.abs().max()))
+    assert not torch.allclose(lean.latents, inv.reconstruction, atol=1e-2)  # the edit did something

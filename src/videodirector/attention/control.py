@@ -6,8 +6,8 @@
 * :class:`CrossControlProcessor` (stage 2): prompt-to-prompt refine/replace/reweight
   (paper Eq. 7) and the maps for an optional local blend.
 
-The stage-2 batch is ``[edit-uncond, edit-cond, recon-uncond, recon-cond]``
-(:class:`~videodirector.attention.processors.Branches`).
+The stage-2 batch is ``[edit-uncond, edit-cond, recon-uncond, recon-cond]``, without recon-uncond on
+steps that read nothing from it (:class:`~videodirector.attention.processors.Branches`).
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ class EditContext:
     num_frames: int
     masks_by_tokens: dict[int, Tensor]  # tokens -> (F, tokens) bool, object = True
     blend_maps: dict[str, Tensor] = field(default_factory=dict)
+    branches: tuple[str, ...] = Branches.NAMES
+    """The batch layout of the current step (set by the loop with the clock)."""
 
 
 def mutual_self_attention(q_edit: Tensor, k_recon: Tensor, v_recon: Tensor, k_edit: Tensor, v_edit: Tensor,
@@ -150,19 +152,20 @@ class SelfControlProcessor(ControlProcessor):
     def attend(self, attn, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # noqa: ANN001
         ctx, step, tokens = self.ctx, self.ctx.clock.step, query.shape[2]
         sdpa = F.scaled_dot_product_attention
-        if query.shape[0] != 4 * ctx.num_frames:
+        if query.shape[0] != len(ctx.branches) * ctx.num_frames:
             return sdpa(query, key, value)
         sa1 = step in ctx.schedule.sa1_steps and tokens <= ctx.schedule.sa1_max_tokens
         sa2 = step in ctx.schedule.sa2_steps and self.layer.index in ctx.schedule.sa2_layers
         if not (sa1 or sa2):
             return sdpa(query, key, value)
         if sa2:  # the recon branches attend plainly; both edit branches in one masked call
+            assert ctx.branches == Branches.NAMES, "SA-II reads the recon-uncond branch"
             n = 2 * ctx.num_frames
             obj = ctx.masks_by_tokens[tokens]
             edit = mutual_self_attention(query[:n], key[n:], value[n:], key[:n], value[:n], obj.repeat(2, 1))
             return torch.cat([edit, sdpa(query[n:], key[n:], value[n:])])
-        q, k, v = Branches.split(query), Branches.split(key), Branches.split(value)
-        out = Branches.split(sdpa(query, key, value))
+        q, k, v = (Branches.split(x, ctx.branches) for x in (query, key, value))
+        out = Branches.split(sdpa(query, key, value), ctx.branches)
         # SA-I: W_recon · V_edit (Eq. 6 first case): the recon-cond map applied to edit-cond values.
         out.parts["edit_cond"] = sdpa(q["recon_cond"], k["recon_cond"], v["edit_cond"])
         return out.join()
@@ -186,11 +189,11 @@ class CrossControlProcessor(ControlProcessor):
         ctx, step = self.ctx, self.ctx.clock.step
         control = step in ctx.schedule.cross_steps and self.layer.index in ctx.schedule.cross_layers
         record = self.blend is not None and self.blend.wants(query.shape[2])
-        if query.shape[0] != 4 * ctx.num_frames or not (control or record):
+        if query.shape[0] != len(ctx.branches) * ctx.num_frames or not (control or record):
             return F.scaled_dot_product_attention(query, key, value)
         # explicit maps for the two cond branches only; the uncond branches and recon-cond's output are plain
-        f = ctx.num_frames
-        q, k = Branches.split(query), Branches.split(key)
+        f, e = ctx.num_frames, ctx.branches.index("edit_cond")
+        q, k = Branches.split(query, ctx.branches), Branches.split(key, ctx.branches)
         base = torch.softmax(q["recon_cond"] @ k["recon_cond"].transpose(-1, -2) * attn.scale, dim=-1)
         if control and self.mode == "replace":
             edit = (base @ self.mapper.to(base)) * self.equalizer.to(base)
@@ -202,7 +205,7 @@ class CrossControlProcessor(ControlProcessor):
         if record:  # after the edit, as prompt-to-prompt's store (which aliases the edited maps) sees them
             self.blend.record(base, edit)
         out = F.scaled_dot_product_attention(query, key, value)
-        out[f : 2 * f] = edit @ value[f : 2 * f]
+        out[e * f : (e + 1) * f] = edit @ value[e * f : (e + 1) * f]
         return out
 
 

@@ -173,18 +173,21 @@ def installed(unet: torch.nn.Module, processors: Mapping[str, object]) -> Iterat
 class Branches:
     """Stage-2 batch layout, named once: ``[edit-uncond, edit-cond, recon-uncond, recon-cond]``.
 
-    Each attention call sees the batch axis as ``(branch, frame)`` for spatial layers.
+    Each attention call sees the batch axis as ``(branch, frame)`` for spatial layers. Steps that
+    read nothing from the recon-uncond branch (before SA-II, without direct inversion) leave it out:
+    ``WITHOUT_RECON_UNCOND``.
     """
 
     NAMES = ("edit_uncond", "edit_cond", "recon_uncond", "recon_cond")
+    WITHOUT_RECON_UNCOND = ("edit_uncond", "edit_cond", "recon_cond")
     parts: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def split(cls, x: Tensor) -> "Branches":
-        return cls(dict(zip(cls.NAMES, x.chunk(4, dim=0))))
+    def split(cls, x: Tensor, names: tuple[str, ...] = NAMES) -> "Branches":
+        return cls(dict(zip(names, x.chunk(len(names), dim=0))))
 
     def join(self) -> Tensor:
-        return torch.cat([self.parts[n] for n in self.NAMES], dim=0)
+        return torch.cat(list(self.parts.values()), dim=0)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.parts[name]

@@ -26,7 +26,7 @@ from ..attention.control import (
     CrossControlProcessor, EditContext, EditSchedule, FeatureRecorder, LocalBlend, RecordingProcessor,
     SelfControlProcessor,
 )
-from ..attention.processors import Clock, attention_layers, installed, select_layers
+from ..attention.processors import Branches, Clock, attention_layers, installed, select_layers
 from ..attention.seq_align import (
     equalizer, refinement_mapper, replacement_mapper, require_words, word_token_indices,
 )
@@ -291,9 +291,16 @@ class VideoDirector:
                     uncond = self._per_frame(src, F_)
                 else:
                     uncond = self._per_frame(neg, F_)
-                emb = torch.cat([uncond, self._per_frame(tgt, F_), recon_emb])
                 z_recon = latents[T - i][None]
-                eps = m.eps(torch.cat([e, e, z_recon, z_recon]), t, emb)
+                # recon-uncond feeds only SA-II's edit-uncond keys and direct inversion: otherwise leave it out
+                ctx.branches = Branches.NAMES if fast == "direct" or i in schedule.sa2_steps \
+                    else Branches.WITHOUT_RECON_UNCOND
+                if len(ctx.branches) == 4:
+                    emb = torch.cat([uncond, self._per_frame(tgt, F_), recon_emb])
+                    eps = m.eps(torch.cat([e, e, z_recon, z_recon]), t, emb)
+                else:
+                    emb = torch.cat([uncond, self._per_frame(tgt, F_), recon_emb[F_:]])
+                    eps = m.eps(torch.cat([e, e, z_recon]), t, emb)
                 a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
                 g = guidance[i][None] if guidance is not None else None
                 e = ddim_step(cfg_combine(eps[1:2], eps[0:1], cfg.inversion.guidance_scale), e, a_t, a_p, g,
