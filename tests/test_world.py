@@ -228,6 +228,8 @@ def test_motion_stage_trains_only_the_adapter_and_the_cross_attention_keys_value
         train.STAGE_BATCH.update(old[1])
     info = export(tmp_path / "run", tmp_path / "w")
     assert info["motion_stage_trains_cross_kv"] and info["steps"]["motion"] > 2
+    history = json.loads((weights / "training.json").read_text()).get("motion_eval", [])
+    assert info["motion_eval"][: len(history)] == history and len(info["motion_eval"]) == len(history) + 1
     assert info["motion_stage_recipe"]["probe_weight"] == train.MOTION_PROBE_WEIGHT > 0
     assert info["motion_stage_recipe"]["high_noise_weight"] == train.HIGH_NOISE_WEIGHT > 1
     assert set(info["motion_eval"][-1]["direction_preference"]) == {"t=700", "t=900", "mean"}

@@ -632,6 +632,11 @@ def init_from_export(out: Path, weights: Path, reopen: tuple[str, ...] = ()) -> 
     earlier = out / "init_steps.json"  # steps already in the reopened weights, counted in the model card
     if not earlier.is_file():
         earlier.write_text(json.dumps({s: info[s] for s in reopen}))
+    card = json.loads((weights / "training.json").read_text())
+    for name in ("image_eval", "motion_eval"):  # the card's evaluation history goes on in the new card
+        log = out / f"{name}.jsonl"
+        if card.get(name) and not log.is_file():
+            log.write_text("".join(json.dumps(e) + "\n" for e in card[name]))
     seed("vae", vae_modules, decoder_only=True)
     seed("image", lambda: {"unet": UNet2DConditionModel.from_pretrained(weights / "sd" / "unet", torch_dtype=torch.float32).state_dict(),
                            "text": text})
