@@ -280,7 +280,9 @@ class VideoDirector:
             elif layer.kind == "cross" and (c.cross or blend is not None):
                 processors[layer.name] = CrossControlProcessor(layer, ctx, c.cross_mode, mapper, alphas, eq, blend)
 
-        recon_emb = torch.cat([self._per_frame(neg, F_), self._per_frame(src, F_)])
+        # the reconstruction path is conditioned on [E(neg), E(src)] (spec: "Reconstruction path in Stage 2")
+        fixed_emb = {"edit_cond": self._per_frame(tgt, F_), "recon_uncond": self._per_frame(neg, F_),
+                     "recon_cond": self._per_frame(src, F_)}
         e = latents[T][None]
         with installed(m.unet, processors), torch.no_grad():
             for i, t in enumerate(timesteps):
@@ -295,12 +297,9 @@ class VideoDirector:
                 # recon-uncond feeds only SA-II's edit-uncond keys and direct inversion: otherwise leave it out
                 ctx.branches = Branches.NAMES if fast == "direct" or i in schedule.sa2_steps \
                     else Branches.WITHOUT_RECON_UNCOND
-                if len(ctx.branches) == 4:
-                    emb = torch.cat([uncond, self._per_frame(tgt, F_), recon_emb])
-                    eps = m.eps(torch.cat([e, e, z_recon, z_recon]), t, emb)
-                else:
-                    emb = torch.cat([uncond, self._per_frame(tgt, F_), recon_emb[F_:]])
-                    eps = m.eps(torch.cat([e, e, z_recon]), t, emb)
+                z_in = {"edit_uncond": e, "edit_cond": e, "recon_uncond": z_recon, "recon_cond": z_recon}
+                emb = {**fixed_emb, "edit_uncond": uncond}
+                eps = m.eps(torch.cat([z_in[b] for b in ctx.branches]), t, torch.cat([emb[b] for b in ctx.branches]))
                 a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
                 g = guidance[i][None] if guidance is not None else None
                 e = ddim_step(cfg_combine(eps[1:2], eps[0:1], cfg.inversion.guidance_scale), e, a_t, a_p, g,
