@@ -607,7 +607,8 @@ def init_from_export(out: Path, weights: Path, reopen: tuple[str, ...] = ()) -> 
     from transformers import CLIPTextModel
 
     out.mkdir(parents=True, exist_ok=True)
-    info = json.loads((weights / "training.json").read_text())["steps"]
+    card = json.loads((weights / "training.json").read_text())
+    info = card["steps"]
     text = CLIPTextModel.from_pretrained(weights / "sd" / "text_encoder", torch_dtype=torch.float32).state_dict()
 
     def seed(stage: str, modules, **extra) -> None:  # noqa: ANN001
@@ -632,7 +633,6 @@ def init_from_export(out: Path, weights: Path, reopen: tuple[str, ...] = ()) -> 
     earlier = out / "init_steps.json"  # steps already in the reopened weights, counted in the model card
     if not earlier.is_file():
         earlier.write_text(json.dumps({s: info[s] for s in reopen}))
-    card = json.loads((weights / "training.json").read_text())
     for name in ("image_eval", "motion_eval"):  # the card's evaluation history goes on in the new card
         log = out / f"{name}.jsonl"
         if card.get(name) and not log.is_file():
