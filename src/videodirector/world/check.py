@@ -6,7 +6,7 @@
 
 Writes ``benchmarks/results/world_check.json`` with:
 
-* ``colour_acc``, ``shape_acc``, ``motion_acc``: generated clips (held-out seeds, CFG 4, DDIM) are
+* ``colour_acc``, ``shape_acc``, ``motion_acc``: generated clips (held-out seeds, CFG 3, DDIM) are
   analysed from their pixels by rules: object pixels are those nearer an object colour than the
   caption's background shades; colour = majority nearest object colour; shape = best IoU against the
   four shape templates at the object's centroid and area; motion = centroid displacement (8
