@@ -41,6 +41,7 @@ from _common import NEVER_STOP_EARLY, machine, result_name, synthetic_clip, writ
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.diffusion.ddim import NoiseSchedule  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
+from videodirector.models.compile import compile_blocks  # noqa: E402
 from videodirector.models.loading import ANIMATEDIFF_SCHEDULER, ModelBundle, load_models  # noqa: E402
 from videodirector.models.tokenizer import build_clip_tokenizer  # noqa: E402
 
@@ -155,7 +156,7 @@ def main() -> None:
     if args.channels_last:
         models.unet.to(memory_format=torch.channels_last)
     if args.compile:
-        models.unet.compile()
+        compile_blocks(models.unet)
     if args.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
         models.unet.train()

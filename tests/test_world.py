@@ -267,6 +267,24 @@ def test_training_step_reports_oom_and_falls_back_from_a_failed_compile(tmp_path
     assert fwd is eager and float(loss) == 6.0 and torch.equal(w.grad, torch.full((3,), 2.0))
 
 
+def test_background_coefficients_per_method():
+    """``vd-bg-no-appearance`` drops zeta_f on background and texture cases only, so it shares the full
+    method's inversion on object cases and has its own on background cases."""
+    from videodirector.bench.runner import BACKGROUND_COEFFICIENTS, case_config, inversion_groups
+
+    cases = {c.kind: c for c in shapeworld_suite()}
+    base = EditConfig()
+    for kind in ("background", "texture"):
+        assert case_config(base, "videodirector", cases[kind]).stdg.coefficients == BACKGROUND_COEFFICIENTS
+        assert case_config(base, "vd-bg-no-appearance", cases[kind]).stdg.coefficients == [0.5, 0.5, 0.0, 0.0]
+        assert inversion_groups(base, ["videodirector", "vd-bg-no-appearance"], cases[kind]) == [
+            ["videodirector"], ["vd-bg-no-appearance"]]
+    for kind in ("colour", "shape"):
+        assert case_config(base, "vd-bg-no-appearance", cases[kind]) == case_config(base, "videodirector", cases[kind])
+        assert inversion_groups(base, ["videodirector", "vd-bg-no-appearance"], cases[kind]) == [
+            ["videodirector", "vd-bg-no-appearance"]]
+
+
 def test_methods_that_invert_alike_share_one_inversion_and_score_the_same(monkeypatch):
     from videodirector.bench.runner import inversion_groups
     from videodirector.methods.videodirector import VideoDirector

@@ -49,7 +49,8 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """``auto`` is bfloat16 on CUDA (as the official code) and float32 on CPU."""
     compile: bool = False
-    """``torch.compile`` the UNet (GPU; one-time compile cost, cached on disk by PyTorch)."""
+    """``torch.compile`` the UNet's resnet, feed-forward and motion-module blocks (``models.compile``;
+    one-time compile cost, cached on disk by PyTorch)."""
     gradient_checkpointing: bool = False
     """Trade time for memory in the null-text backward (helps on 24 GB cards)."""
     attention_backend: Literal["default", "cudnn", "flash", "efficient"] = "default"

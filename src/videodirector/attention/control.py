@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.compile import eager
 from .processors import AttentionLayer, Branches, Clock, ControlProcessor, StopForward, call_order_key, merge_heads
 
 
@@ -44,8 +45,9 @@ class FeatureRecorder:
         """Record during the enclosed forward; with ``stop_early`` the forward ends after the last feature."""
         self.store = {}
         self.active, self.stop_early = True, stop_early
-        try:
-            yield self.store
+        try:  # eagerly: compiled blocks (model.compile) can neither store from inside nor stop early
+            with eager():
+                yield self.store
         except StopForward:
             pass
         finally:

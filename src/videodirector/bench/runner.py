@@ -32,6 +32,10 @@ METRICS = ("gt_psnr", "gt_ssim", "background_psnr", "preserved_psnr", "edit_accu
            "reconstruction_psnr", "flicker")
 LOWER_IS_BETTER = {"trajectory_error_px", "flicker"}
 BACKGROUND_COEFFICIENTS = [0.5, 0.5, 0.5, 0.0]  # [eta_f, eta_b, zeta_f, zeta_b] swapped for background edits
+BACKGROUND_COEFFICIENTS_BY_METHOD = {"vd-bg-no-appearance": [0.5, 0.5, 0.0, 0.0]}
+"""Methods that differ from ``videodirector`` only in the STDG coefficients of background and texture
+cases. ``vd-bg-no-appearance`` drops the appearance term on the object (``zeta_f = 0``), which
+``benchmarks/stdg_background_probe.py`` found to cost background-edit reconstructions 6 to 15 dB."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
     if case.kind in ("background", "texture"):
         over["control.edit_target"] = "background"
         if over.get("stdg.enabled", True):
-            over["stdg.coefficients"] = BACKGROUND_COEFFICIENTS
+            over["stdg.coefficients"] = BACKGROUND_COEFFICIENTS_BY_METHOD.get(method, BACKGROUND_COEFFICIENTS)
     return apply_overrides(base, over)
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..diffusion.ddim import NoiseSchedule
 from ..errors import UserError, WeightsNotFoundError
+from .compile import compile_blocks
 
 ANIMATEDIFF_SCHEDULER = {
     "num_train_timesteps": 1000,
@@ -222,7 +223,7 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.compile:
-        unet.compile()
+        compile_blocks(unet)
     sources = {"base": base, "motion_adapter": adapter_id}
     if cfg.single_file:
         sources["single_file"] = cfg.single_file

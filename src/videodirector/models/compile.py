@@ -1,0 +1,57 @@
+"""Regional ``torch.compile`` of the UNet (``model.compile``).
+
+Compiling the whole ``UNetMotionModel`` does not work for attention control: the control
+processors are Python objects whose state (the step's phase, the layer's place in the schedule,
+the recorder's switches) becomes part of every guard, so each attention layer and each phase
+recompiles until PyTorch gives up and runs eagerly (measured on the tiny model with
+``TORCH_LOGS=recompiles``). Instead, the blocks that hold no controlled attention are compiled
+one by one, as diffusers' ``compile_repeated_blocks`` does for transformer blocks:
+
+* ``ResnetBlock2D``: GroupNorm, SiLU, convolutions, the time-embedding add and the skip;
+* ``FeedForward``: the GEGLU MLP of every spatial and temporal transformer block;
+* ``AnimateDiffTransformer3D``: a motion module with the reshapes around its temporal attention.
+  Its attention is never controlled in stage 2; STDG's recording forwards, which read temporal
+  attention maps, run eagerly (``eager``).
+
+Shapes are static (``dynamic=False``): each block configuration compiles once per batch layout
+and grad mode, and the recompile limit is raised so that none falls back to eager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+COMPILED_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
+RECOMPILE_LIMIT = 256
+"""Compiled variants allowed per block class: SD 1.5 has 15 resnet configurations, times batch layouts
+(1, 3 or 4 branches) and grad modes; PyTorch's default of 8 would send most of them back to eager."""
+
+
+def compile_blocks(unet: torch.nn.Module, blocks: tuple[str, ...] = COMPILED_BLOCKS, **compile_kwargs) -> int:
+    """``torch.compile`` every sub-module of ``unet`` whose class name is in ``blocks``; returns how many.
+
+    Parameters stay shared with ``unet`` (``nn.Module.compile`` wraps the call, not the weights), so
+    loading, freezing and processors work as before. ``compile_kwargs`` go to ``torch.compile``."""
+    dynamo = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed in PyTorch 2.7
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), RECOMPILE_LIMIT))
+    if hasattr(dynamo, "accumulated_recompile_limit"):
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT)
+    compile_kwargs.setdefault("dynamic", False)
+    count = 0
+    for module in unet.modules():
+        if type(module).__name__ in blocks:
+            module.compile(**compile_kwargs)
+            count += 1
+    return count
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run the enclosed forwards without compiled code (for forwards that record features from inside)."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
