@@ -184,7 +184,11 @@ def main() -> None:
             "peak_gb": peak, "warmup_s": warmup_s, "null_text_iteration_s": per_iter, "stages_s": out["stages"], "targets": {"end_to_end_s": 150, "peak_gb": 24,
                                                                    "edit_only_s": 16, "reference_ratio": 1.6}}
     if args.compile:  # the warm-up run compiled the graphs
+        from torch._dynamo.utils import counters
+
         data["compile_s"] = warmup_s
+        data["compiled_graphs"] = counters["stats"]["unique_graphs"]
+        data["graph_breaks"] = sum(counters["graph_break"].values())
     add_estimate(data, args.bench_results, args.mean_inner)
     name = args.name or result_name("speed", data["machine"], device, args.frames, args.size)
 

@@ -84,3 +84,10 @@ def test_model_compile_flag_compiles_the_blocks(tiny_cfg):
     others = [mod for mod in m.unet.modules() if type(mod).__name__ not in COMPILED_BLOCKS]
     assert all(getattr(mod, "_compiled_call_impl", None) is None for mod in others)
     torch._dynamo.reset()
+
+
+def test_cli_compile_flag_sets_model_compile():
+    from videodirector.cli import _overrides
+
+    assert _overrides(compile=True, gradient_checkpointing=None) == {"model.compile": True}
+    assert _overrides(compile=None) == {}

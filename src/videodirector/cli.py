@@ -113,6 +113,8 @@ OfflineOpt = typer.Option(None, "--offline/--online", help="Never touch the netw
 BundledOpt = typer.Option(False, "--bundled", help="Use the bundled ShapeWorld models.")
 FastOpt = typer.Option(None, "--fast-inversion", help="none (faithful), negative_prompt or direct: skip null-text optimisation.")
 GcOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Less GPU memory for null-text.")
+CompileOpt = typer.Option(None, "--compile/--no-compile",
+                          help="torch.compile the UNet's resnet, feed-forward and motion-module blocks (GPU; ~4 min once).")
 NullOpt = typer.Option(None, "--null-text", help="multi_frame (paper), shared or none.")
 StdgOpt = typer.Option(None, "--stdg", help="STDG coefficients eta_f,eta_b,zeta_f,zeta_b (default 0.5,0.5,0,0.5).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Inversion cache folder (default ~/.cache/videodirector).")
@@ -132,7 +134,7 @@ def edit(
     device: Optional[str] = DevOpt, dtype: Optional[str] = DtypeOpt, base: Optional[str] = BaseOpt,
     motion_adapter: Optional[str] = AdapterOpt, single_file: Optional[str] = SingleOpt, offline: Optional[bool] = OfflineOpt,
     bundled: bool = BundledOpt, fast_inversion: Optional[str] = FastOpt, gradient_checkpointing: Optional[bool] = GcOpt,
-    null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
+    compile: Optional[bool] = CompileOpt, null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
     tau_s: Optional[float] = typer.Option(None, "--tau-s", help="SA-I/SA-II switch, fraction of steps (default 0.4)."),
     tau_c: Optional[float] = typer.Option(None, "--tau-c", help="Cross-attention control window (default 0.8)."),
     cross_mode: Optional[str] = typer.Option(None, "--cross-mode", help="refine (default) or replace."),
@@ -171,7 +173,8 @@ def invert(
     seed: Optional[int] = SeedOpt, device: Optional[str] = DevOpt, dtype: Optional[str] = DtypeOpt,
     base: Optional[str] = BaseOpt, motion_adapter: Optional[str] = AdapterOpt, single_file: Optional[str] = SingleOpt,
     offline: Optional[bool] = OfflineOpt, bundled: bool = BundledOpt, fast_inversion: Optional[str] = FastOpt,
-    gradient_checkpointing: Optional[bool] = GcOpt, null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
+    gradient_checkpointing: Optional[bool] = GcOpt, compile: Optional[bool] = CompileOpt,
+    null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
     method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute and replace a cached inversion."),
 ) -> None:
