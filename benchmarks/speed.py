@@ -190,7 +190,9 @@ def main() -> None:
         data["compiled_graphs"] = counters["stats"]["unique_graphs"]
         data["graph_breaks"] = sum(counters["graph_break"].values())
     add_estimate(data, args.bench_results, args.mean_inner)
-    name = args.name or result_name("speed", data["machine"], device, args.frames, args.size)
+    # the headline (speed_h100) is the compiled run; an eager run is speed_h100_eager
+    name = args.name or result_name("speed", data["machine"], device, args.frames, args.size) + \
+        ("" if args.compile or device.type != "cuda" else "_eager")
 
     def save() -> None:  # after each part, so a run cut short still leaves its numbers
         rows = [(k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in data.items()
