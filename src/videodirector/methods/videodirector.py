@@ -350,7 +350,9 @@ register("vanilla-t2v", _make, {"inversion.null_text": "shared", "stdg.enabled":
          "paper Fig. 2a: DDIM inversion + shared null-text + prompt-to-prompt on the T2V model")
 register("ddim-p2p", _make, {"inversion.null_text": "none", "stdg.enabled": False, "control.sa2": False},
          "DDIM inversion + prompt-to-prompt, no null-text")
-register("vd-bg-no-appearance", _make, {}, "beyond the paper: background edits without the appearance term "
-         "(zeta_f = 0; bench.runner.BACKGROUND_COEFFICIENTS_BY_METHOD); object edits as videodirector")
+# the coefficients of this bench variant are set per case by bench.runner (BACKGROUND_COEFFICIENTS_BY_METHOD)
+register("vd-bg-no-appearance", _make, {}, "bench variant, beyond the paper: background and texture cases without "
+         "STDG's appearance term (zeta_f = 0), object cases as videodirector; on your own video: "
+         "--edit-target background --stdg 0.5,0.5,0,0")
 register("vd-fast-npi", _make, {"inversion.fast": "negative_prompt"}, "beyond the paper: negative-prompt inversion")
 register("vd-fast-direct", _make, {"inversion.fast": "direct"}, "beyond the paper: direct (PnP) inversion")

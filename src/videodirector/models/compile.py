@@ -24,6 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ..errors import UserError
+
 COMPILED_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
 RECOMPILE_LIMIT = 256
 """Compiled variants allowed per block class: SD 1.5 has 15 resnet configurations, times batch layouts
@@ -35,6 +37,9 @@ def compile_blocks(unet: torch.nn.Module, blocks: tuple[str, ...] = COMPILED_BLO
 
     Parameters stay shared with ``unet`` (``nn.Module.compile`` wraps the call, not the weights), so
     loading, freezing and processors work as before. ``compile_kwargs`` go to ``torch.compile``."""
+    if not hasattr(torch.compiler, "set_stance"):
+        raise UserError(f"model.compile needs PyTorch 2.6 or newer (this is {torch.__version__}); "
+                        "upgrade torch or run without --compile")
     dynamo = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # renamed in PyTorch 2.7
         if hasattr(dynamo, name):
@@ -52,6 +57,12 @@ def compile_blocks(unet: torch.nn.Module, blocks: tuple[str, ...] = COMPILED_BLO
 
 @contextmanager
 def eager() -> Iterator[None]:
-    """Run the enclosed forwards without compiled code (for forwards that record features from inside)."""
+    """Run the enclosed forwards without compiled code (for forwards that record features from inside).
+
+    ``torch.compiler.set_stance`` came with PyTorch 2.6; before it, ``compile_blocks`` refuses to run,
+    so there is nothing compiled to step around."""
+    if not hasattr(torch.compiler, "set_stance"):
+        yield
+        return
     with torch.compiler.set_stance("force_eager"):
         yield
