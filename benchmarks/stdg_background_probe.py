@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, write  # noqa: E402
 
 from videodirector.api import Editor, bundled_model_config  # noqa: E402
-from videodirector.bench.runner import BACKGROUND_COEFFICIENTS, shapeworld_suite  # noqa: E402
+from videodirector.bench.runner import (BACKGROUND_COEFFICIENTS, BACKGROUND_COEFFICIENTS_BY_METHOD,  # noqa: E402
+                                       shapeworld_suite)
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.world.evaluate import reconstruction_psnr  # noqa: E402
 from videodirector.world.scene import render  # noqa: E402
 
 VARIANTS = {"swapped (paper)": {"stdg.coefficients": BACKGROUND_COEFFICIENTS},
-            "appearance off": {"stdg.coefficients": [*BACKGROUND_COEFFICIENTS[:2], 0.0, 0.0]},
+            "appearance off": {"stdg.coefficients": BACKGROUND_COEFFICIENTS_BY_METHOD["vd-bg-no-appearance"]},
             "no STDG": {"stdg.enabled": False}}
 
 
