@@ -51,6 +51,9 @@ CASES = {
     "missing weights": (lambda b, d: [*b, "--base", str(d / "no_sd")], "SD 1.5 weights not found"),
     "missing adapter": (lambda b, d: [*b, "--motion-adapter", str(d / "mm.ckpt")], "motion adapter checkpoint not found"),
     "bad size": (lambda b, d: [*b, "--height", "60"], "multiples of 8"),
+    "mask blend without masks": (lambda b, d: [*b[:b.index("--masks")], *b[b.index("--masks") + 2:], "--mask-blend"],
+                                 "the mask blend needs masks; pass --masks DIR"),
+    "renoise without mask blend": (lambda b, d: [*b, "--renoise"], "needs control.mask_blend: add --mask-blend"),
 }
 
 

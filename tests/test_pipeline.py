@@ -127,3 +127,36 @@ def test_edit_leaves_out_the_recon_uncond_branch_only_where_nothing_reads_it(tin
     full = vd.edit(inv, "a blue square moving right")
     assert torch.allclose(lean.latents, full.latents, atol=1e-4 * float(full.latents.abs().max()))
     assert not torch.allclose(lean.latents, inv.reconstruction, atol=1e-2)  # the edit did something
+
+
+def test_latent_keep_region_grows_the_object_or_keeps_it():
+    from videodirector.io.masks import latent_keep_region
+
+    masks = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    masks[:, :, 9:11, 9:11] = True  # inside latent pixel (2, 2) of an 8 x 8 latent
+    obj = latent_keep_region(masks, (8, 8), "object", dilation=1)
+    assert obj.shape == (1, 1, 2, 8, 8)
+    assert obj[0, 0, 0, 1:4, 1:4].eq(0).all() and obj.sum() == 2 * (64 - 9)  # a 3 x 3 block may change
+    assert latent_keep_region(masks, (8, 8), "object", dilation=0).sum() == 2 * 63
+    bg = latent_keep_region(masks, (8, 8), "background")
+    assert bg.sum() == 2 and bg[0, 0, :, 2, 2].eq(1).all()  # a background edit keeps only the object
+
+
+def test_mask_blend_keeps_the_source_outside_the_edit_region(tiny_cfg, tiny_models):
+    from videodirector.io.masks import latent_keep_region
+
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 3, "inversion.null_inner_steps": 1})
+    inv = Editor(cfg, models=tiny_models).method.invert(frames, masks, "a red circle moving right")
+    plain = Editor(cfg, models=tiny_models).edit(inv, "a blue circle moving right")
+    blended = Editor(apply_overrides(cfg, {"control.mask_blend": True}), models=tiny_models).edit(
+        inv, "a blue circle moving right")
+    keep = latent_keep_region(masks, (8, 8), "object", 1)
+    kept = keep.expand_as(blended.latents).bool()
+    assert torch.equal(blended.latents[kept], inv.latents[0][None][kept])  # latent blend ends on z_0
+    assert not torch.equal(blended.latents[~kept], inv.latents[0][None][~kept])  # the object was edited
+    far = torch.nn.functional.interpolate(keep[0].permute(1, 0, 2, 3), size=(64, 64), mode="bilinear") == 1
+    far = far.expand_as(frames)
+    assert torch.allclose(blended.frames[far], frames[far], atol=1e-6)  # the source's own pixels
+    err_plain = (plain.frames - frames)[far].abs().mean()
+    assert err_plain > 0.01, err_plain  # measured without the blend: the decoder changes the background

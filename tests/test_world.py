@@ -95,7 +95,7 @@ def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
     assert by_kind["videodirector"]["colour"]["gt_psnr"]["n"] == 1
     assert "## The full method by kind of edit" in report and "| colour | 1 |" in report
     strip = (root / "strips" / "00-colour.png").read_bytes()
-    for f in root.rglob("*.npy"):  # results copied without their frames: the strip is kept, not redrawn
+    for f in (root / "cases").rglob("*.png"):  # results copied without their rows: the strip is kept, not redrawn
         f.unlink()
     run_bench(**kw, stored_only=True)
     assert (root / "strips" / "00-colour.png").read_bytes() == strip
@@ -475,3 +475,16 @@ def test_bench_workers_run_the_shards_in_subprocesses_then_gather(tmp_path):
     said = " ".join(res.stdout.split() + res.stderr.split())
     assert res.returncode == 2 and "2 of 2 bench workers failed" in said and "worker-0-of-2.log" in said
     assert "Traceback" not in said
+
+
+def test_mask_blend_variant_renoises_only_texture_cases_and_shares_the_inversion():
+    from videodirector.bench.runner import case_config, inversion_groups
+
+    cases = {c.kind: c for c in shapeworld_suite()}
+    base = EditConfig()
+    for kind in ("colour", "shape", "background", "texture"):
+        cfg = case_config(base, "vd-mask-blend", cases[kind])
+        assert cfg.control.mask_blend and cfg.control.mask_blend_dilation == 0
+        assert cfg.control.mask_blend_renoise == (kind == "texture")
+        assert inversion_groups(base, ["videodirector", "vd-mask-blend"], cases[kind]) == [
+            ["videodirector", "vd-mask-blend"]]  # the blend acts in stage 2 only

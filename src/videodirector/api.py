@@ -51,6 +51,8 @@ def load_inputs(cfg: EditConfig) -> tuple[Tensor, Tensor]:
                              "give masks at the video's resolution")
         masks = load_masks(i.masks, i.num_frames, i.height, i.width, n_video, i.resize_mode, i.ellipse_mask)
     else:
+        if cfg.control.mask_blend:
+            raise InputError("the mask blend needs masks; pass --masks DIR (one per frame) or leave out --mask-blend")
         masks = torch.ones(frames.shape[0], 1, *frames.shape[-2:], dtype=torch.bool)
     check_masks_match(masks, frames)
     return frames, masks

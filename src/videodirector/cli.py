@@ -70,6 +70,7 @@ def _overrides(**kw: Any) -> dict[str, Any]:
         "fast_inversion": "inversion.fast", "gradient_checkpointing": "model.gradient_checkpointing",
         "compile": "model.compile", "tau_s": "control.self_replace_steps", "tau_c": "control.cross_replace_steps",
         "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
+        "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
     }
     out = {keys[k]: v for k, v in kw.items() if v is not None and k in keys}
     if kw.get("edit_words"):
@@ -139,6 +140,12 @@ def edit(
     tau_c: Optional[float] = typer.Option(None, "--tau-c", help="Cross-attention control window (default 0.8)."),
     cross_mode: Optional[str] = typer.Option(None, "--cross-mode", help="refine (default) or replace."),
     edit_target: Optional[str] = typer.Option(None, "--edit-target", help="object (default) or background."),
+    mask_blend: Optional[bool] = typer.Option(
+        None, "--mask-blend/--no-mask-blend",
+        help="Beyond the paper: keep the source exactly outside the masks' edit region (needs --masks)."),
+    renoise: Optional[bool] = typer.Option(
+        None, "--renoise/--no-renoise",
+        help="With --mask-blend: start the edited region from fresh noise (new textures, e.g. a background edit)."),
     method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     out: Path = typer.Option(Path("out/edit"), "--out", help="Output folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),

@@ -171,6 +171,20 @@ class ControlConfig:
     """What the edit changes. ``background``: SA-II lets edit queries read the source *object* instead of the
     source background (the mask is inverted for SA-II); pair it with the swapped STDG coefficients
     ``[eta_b, eta_f, zeta_b, zeta_f]`` (paper §4: "when editing the background, these values were swapped")."""
+    mask_blend: bool = False
+    """Beyond the paper: keep what the masks say must stay (the background of an object edit, the object
+    of a background edit) exactly as the source. Two steps: prompt-to-prompt's local blend with the given
+    masks instead of attention maps (after each edit step from ``mask_blend_start`` on,
+    ``z <- z + K (z_rec - z)``, ``K`` = 1 where kept, from ``io.masks.latent_keep_region``), then the
+    source's own pixels where kept, ``x <- x + K_px (x_src - x)`` with ``K`` upsampled bilinearly (a soft
+    edge of one latent pixel), as an inpainting overlay does: the VAE decoder's attention and group norms
+    spread an edited object's colour over the whole frame. Needs masks."""
+    mask_blend_dilation: int = 1
+    """Latent pixels by which an object edit's region grows beyond the mask (room for a new outline)."""
+    mask_blend_renoise: bool = False
+    """With the mask blend: start the edited region from fresh Gaussian noise instead of the inverted z_T."""
+    mask_blend_start: float = 0.2
+    """Fraction of the edit steps left free before the blend starts (prompt-to-prompt's ``start_blend``)."""
     edit_timesteps: Literal["official", "same"] = "official"
     """``official``: stage 2 uses diffusers' leading spacing (981..1) with stage-1 quantities indexed by step;
     ``same``: stage 2 walks the stage-1 timesteps (Algorithm I)."""
@@ -453,6 +467,11 @@ def validate(cfg: EditConfig) -> None:
         raise ConfigError("control.self_replace_steps and control.cross_replace_steps are fractions in [0, 1]")
     if cfg.inversion.num_steps < 1:
         raise ConfigError("inversion.num_steps must be at least 1")
+    c = cfg.control
+    if c.mask_blend_renoise and not c.mask_blend:
+        raise ConfigError("control.mask_blend_renoise needs control.mask_blend: add --mask-blend or drop --renoise")
+    if c.mask_blend_dilation < 0 or not 0.0 <= c.mask_blend_start <= 1.0:
+        raise ConfigError("control.mask_blend_dilation must be >= 0 and control.mask_blend_start a fraction in [0, 1]")
     if cfg.stdg.top_k < 1:
         raise ConfigError("stdg.top_k must be at least 1")
     for key in ("mutual_layers", "cross_layers"):

@@ -1,4 +1,5 @@
-"""Masks: per-frame PNG folders or mask videos -> ``(F, 1, H, W)`` bool, and the ellipse mask.
+"""Masks: per-frame PNG folders or mask videos -> ``(F, 1, H, W)`` bool, the ellipse mask, and the
+latent keep-region of the mask blend.
 
 The ellipse mask (supplementary §III; spec §5): for each frame, the moment-equivalent filled
 ellipse of the first connected component in raster order (``regionprops(label(m))[0]``), with
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
@@ -40,7 +42,7 @@ def ellipse_mask(mask: np.ndarray) -> np.ndarray:
         return mask.copy()
     r = regions[0]
     cy, cx = r.centroid
-    rr, cc = ellipse(int(cy), int(cx), int(r.major_axis_length / 2), int(r.minor_axis_length / 2),
+    rr, cc = ellipse(int(cy), int(cx), int(r.axis_major_length / 2), int(r.axis_minor_length / 2),
                      shape=mask.shape, rotation=r.orientation)
     out = mask.copy()
     out[rr, cc] = True
@@ -73,3 +75,21 @@ def check_masks_match(masks: Tensor, frames: Tensor) -> None:
     if masks.shape[-2:] != frames.shape[-2:]:
         raise InputError(f"mask size {tuple(masks.shape[-2:])} differs from frame size {tuple(frames.shape[-2:])}; "
                          "resize the masks to the video")
+
+
+def latent_keep_region(masks: Tensor, latent_hw: tuple[int, int], edit_target: str = "object",
+                       dilation: int = 1) -> Tensor:
+    """Where the mask blend keeps the source: ``(F, 1, H, W)`` bool object masks -> ``(1, 1, F, h, w)``
+    float, 1 = keep the reconstruction latent, 0 = the edit may change it.
+
+    A latent pixel belongs to the object when any image pixel under it does (area resize > 0). For an
+    object edit the object is grown by ``dilation`` latent pixels (room for a new outline) and the
+    rest is kept; for a background edit the object itself is kept."""
+    obj = F.adaptive_max_pool2d(masks.float(), latent_hw)  # (F, 1, h, w): any object pixel under the latent
+    if edit_target == "object":
+        if dilation > 0:
+            obj = F.max_pool2d(obj, 2 * dilation + 1, stride=1, padding=dilation)
+        keep = 1.0 - obj
+    else:
+        keep = obj
+    return keep.permute(1, 0, 2, 3).unsqueeze(0)
