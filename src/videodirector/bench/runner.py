@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..api import Editor, bundled_model_config, inversion_settings
 from ..config import EditConfig, apply_overrides
@@ -156,8 +157,6 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  
     rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
            "steps": base.inversion.num_steps, "null_inner_steps": base.inversion.null_inner_steps, **scores}
     f.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(list(edited[:: max(1, len(edited) // 4)]), 1)).save(buf, format="png")
     atomic_write_bytes(f.with_suffix(".png"), buf.getvalue())
@@ -330,8 +329,6 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
         for k, (case, method) in enumerate(pairs):
             record(case, method)
             progress("bench", k + 1, len(pairs))
-    from PIL import Image
-
     strips: dict[str, dict[str, np.ndarray]] = {c.id: {} for c in cases}  # strip rows, (H, 4 W, 3) uint8
     per_case_all: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
@@ -379,6 +376,16 @@ def summarise_by_kind(per_case: list[dict[str, Any]], cases: list[Case]) -> dict
     return out
 
 
+def _kind_rows(by_kind: dict[str, dict[str, dict[str, float]]], cols: list[str] | tuple[str, ...],
+               with_std: bool) -> list[str]:
+    """Markdown rows ``| kind | cases | mean [± std] ... |`` of one ``{kind: {metric: {"mean", "std", "n"}}}``."""
+    rows = []
+    for kind, agg in by_kind.items():
+        cells = [f"{agg[k]['mean']:.3f}" + (f" ± {agg[k]['std']:.3f}" if with_std else "") for k in cols]
+        rows.append(f"| {kind} | {agg[cols[0]]['n']} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips: dict[str, dict[str, np.ndarray]],
                  base: EditConfig, paired: dict[str, dict[str, dict[str, float]]] | None = None,
                  by_kind: dict[str, dict[str, dict[str, dict[str, float]]]] | None = None,
@@ -403,20 +410,16 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
                   "but the edited region of a background or texture edit. `preserved_psnr` is what each kind must keep "
                   "(the background for object edits, the object for background edits).", "",
                   "| kind | cases | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-        for kind, agg in full.items():
-            cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" for k in METRICS]
-            lines.append(f"| {kind} | {agg[METRICS[0]]['n']} | " + " | ".join(cells) + " |")
+        lines += _kind_rows(full, METRICS, with_std=True)
     if ceiling:
-        cols = [k for k in METRICS if k != "reconstruction_psnr"]
+        cols = list(next(iter(ceiling.values())))  # the metrics latent_ceiling scores
         lines += ["", "## What a perfect latent editor would score", "",
                   "The ground-truth target encoded and decoded by the VAE, scored as an edit (`ceiling.json`): "
                   "no method that edits latents can expect better on average. The shape classifier reads "
                   "the VAE's rounded corners as another shape in some frames, so shape `edit_accuracy` tops out "
                   "below 1.", "",
                   "| kind | cases | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-        for kind, agg in ceiling.items():
-            cells = [f"{agg[k]['mean']:.3f}" for k in cols]
-            lines.append(f"| {kind} | {agg[cols[0]]['n']} | " + " | ".join(cells) + " |")
+        lines += _kind_rows(ceiling, cols, with_std=False)
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, k in zip(axes.flat, METRICS):
         ax.bar(range(len(methods)), [summary[m][k]["mean"] for m in methods],
@@ -442,8 +445,6 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
             lines.append(f"| {m} | {'; '.join(worse) or '—'} | {'; '.join(better) or '—'} | {verdict} |")
     lines += ["", "![metrics](metrics.png)", "", "## Qualitative (4 frames each: source | ground truth | methods)", ""]
     (root / "strips").mkdir(exist_ok=True)
-    from PIL import Image
-
     for case in cases:
         png = root / "strips" / f"{case.id}.png"
         if not strips[case.id] and png.is_file():  # rows not kept (results copied without them): keep the strip

@@ -273,7 +273,7 @@ class VideoDirector:
         keep = None  # mask blend (beyond the paper): 1 where the reconstruction latent is kept
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,
-                                      c.mask_blend_dilation).to(latents.dtype)
+                                      c.mask_blend_dilation).to(latents)
         blend_from = int(c.mask_blend_start * T)
         if c.cross_mode == "replace":
             mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
@@ -293,7 +293,7 @@ class VideoDirector:
         e = latents[T][None]
         if keep is not None and c.mask_blend_renoise:  # fresh Gaussian noise where the edit may change
             g = torch.Generator().manual_seed(cfg.seed)
-            e = torch.lerp(torch.randn(e.shape, generator=g).to(e), e, keep.to(e))
+            e = torch.lerp(torch.randn(e.shape, generator=g).to(e), e, keep)
         with installed(m.unet, processors), torch.no_grad():
             for i, t in enumerate(timesteps):
                 clock.step = i
@@ -314,13 +314,13 @@ class VideoDirector:
                 g = guidance[i][None] if guidance is not None else None
                 e = ddim_step(cfg_combine(eps[1:2], eps[0:1], cfg.inversion.guidance_scale), e, a_t, a_p, g,
                               cfg.stdg.guidance_scale)
+                ref = latents[T - i - 1][None]  # the reconstruction path at the next step
                 if fast == "direct":  # PnP-Inversion: add the reconstruction path's per-step error back
                     r = ddim_step(cfg_combine(eps[3:4], eps[2:3], cfg.inversion.guidance_scale), z_recon, a_t, a_p)
-                    e = e + (latents[T - i - 1][None] - r)
-                if keep is not None and i >= blend_from:  # z <- z_rec + (1 - K)(z - z_rec)
-                    e = torch.lerp(e, latents[T - i - 1][None].to(e), keep.to(e))
+                    e = e + (ref - r)
+                if keep is not None and i >= blend_from:  # z <- z + K (z_rec - z)
+                    e = torch.lerp(e, ref, keep)
                 if blend is not None and (bm := blend.mask()) is not None:
-                    ref = latents[T - i - 1][None]
                     e = ref + bm.to(e) * (e - ref)
                 progress("edit", i + 1, T)
         t_edit = time.perf_counter() - t_start
