@@ -7,9 +7,10 @@
 Writes ``benchmarks/results/world_check.json`` with:
 
 * ``colour_acc``, ``shape_acc``, ``motion_acc``: generated clips (held-out seeds, CFG 3, DDIM) are
-  analysed from their pixels by rules: object pixels are those nearer an object colour than the
-  caption's background shades; colour = majority nearest object colour; shape = best IoU against the
-  four shape templates at the object's centroid and area; motion = centroid displacement (8
+  analysed from their pixels by rules: object pixels are the largest region nearer an object colour
+  than the caption's background shades and the gray box; colour = majority nearest object colour;
+  shape = best IoU against the four shape templates at the object's centroid and area, each tried at
+  five angles (majority over frames); motion = centroid displacement (8
   directions) or area change (growing/shrinking). Target: >= 0.90 each.
 * ``vae_psnr``: VAE reconstruction of held-out frames (target >= 32 dB).
 * ``inversion_psnr``: DDIM inversion without CFG, then reconstruction, against the VAE reconstruction
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from rich.progress import track
 
@@ -38,21 +40,67 @@ from ..diffusion.ddim import NoiseSchedule, cfg_combine, ddim_invert, ddim_sampl
 from ..io.outputs import write_json
 from ..metrics.ground_truth import centroids, psnr
 from ..models.loading import load_models
-from .scene import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, _shape_sdfs, render, sample_clip
+from .scene import (BACKGROUND_COLOURS, DISTRACTOR_COLOUR, MOTIONS, OBJECT_COLOURS, SHAPES, _shape_sdfs, render,
+                    sample_clip)
 
 HELD_OUT_SEEDS = range(0, 10_000)  # training uses seeds >= 1_000_000
 
 
 def object_mask(video: torch.Tensor, background: str) -> torch.Tensor:
-    """``(F, 1, H, W)``: pixels nearer an object colour than any shade of the background colour."""
+    """``(F, 1, H, W)``: per frame, the largest connected region of pixels nearer an object colour than
+    any shade of the background colour or the gray distractor box (which belongs to the background)."""
+    from skimage.measure import label
+
     v = (video.clamp(-1, 1) + 1) / 2
     obj = torch.tensor(list(OBJECT_COLOURS.values()), dtype=torch.float32) / 255  # (K, 3)
     bg = torch.tensor(BACKGROUND_COLOURS[background], dtype=torch.float32) / 255
-    shades = torch.stack([bg * s for s in torch.linspace(0.45, 1.15, 15)])  # (S, 3)
+    shades = torch.stack([bg * s for s in torch.linspace(0.45, 1.15, 15)]
+                         + [torch.tensor(DISTRACTOR_COLOUR, dtype=torch.float32) / 255])  # (S, 3)
     px = v.permute(0, 2, 3, 1)[..., None, :]  # (F, H, W, 1, 3)
     d_obj = ((px - obj) ** 2).sum(-1).min(-1).values
     d_bg = ((px - shades) ** 2).sum(-1).min(-1).values
-    return (d_obj < d_bg)[:, None]
+    near = (d_obj < d_bg).numpy()
+    out = np.zeros_like(near)
+    for i, frame in enumerate(near):
+        regions = label(frame, connectivity=2)
+        if regions.max() > 0:
+            out[i] = regions == np.bincount(regions[regions > 0]).argmax()
+    return torch.from_numpy(out)[:, None]
+
+
+SHAPE_ANGLES = (-0.2, -0.1, 0.0, 0.1, 0.2)
+"""Rotations (radians) the shape templates are tried at: clips draw their angle from [-0.15, 0.15]."""
+
+
+def shape_from_outline(mask: torch.Tensor) -> str | None:
+    """The shape whose template best overlaps an object mask ``(H, W)`` bool (None below 10 pixels).
+
+    Each shape of :data:`SHAPES` is placed at the mask's centroid, at every angle of
+    :data:`SHAPE_ANGLES`, and sized (bisection on its radius) to the mask's area; the shape with the
+    highest IoU at any angle wins."""
+    h, w = mask.shape
+    area = mask.float().sum()
+    if area < 10:
+        return None
+    c = centroids(mask[None, None])[0]
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    px, py = (xs - c[0])[None], (ys - c[1])[None]
+    shape_id = torch.arange(len(SHAPES)).repeat_interleave(len(SHAPE_ANGLES))  # (K,) templates
+    angle = torch.tensor(SHAPE_ANGLES, dtype=torch.float32).repeat(len(SHAPES)).view(-1, 1, 1)
+    k = torch.arange(len(shape_id))
+
+    def templates(r: torch.Tensor) -> torch.Tensor:
+        return _shape_sdfs(px, py, r, angle)[shape_id, k] < 0  # (K, H, W)
+
+    lo, hi = torch.full((len(k), 1, 1), 1.0), torch.full((len(k), 1, 1), 30.0)
+    for _ in range(20):  # radius giving the same area, per template
+        r = (lo + hi) / 2
+        small = templates(r).sum((1, 2)).view(-1, 1, 1) < area
+        lo, hi = torch.where(small, r, lo), torch.where(small, hi, r)
+    t = templates((lo + hi) / 2)
+    iou = (t & mask).sum((1, 2)).float() / (t | mask).sum((1, 2)).float()
+    best = torch.full((len(SHAPES),), -1.0).scatter_reduce(0, shape_id, iou, "amax")
+    return SHAPES[int(best.argmax())]
 
 
 OPPOSITE_MOTION = {"right": "left", "left": "right", "up": "down", "down": "up", "up right": "down left",
@@ -111,26 +159,12 @@ def classify(video: torch.Tensor, background: str) -> dict[str, str | None]:
     px = v.permute(0, 2, 3, 1)[m[:, 0]]
     nearest = ((px[:, None] - obj) ** 2).sum(-1).argmin(-1)
     colour = list(OBJECT_COLOURS)[int(torch.bincount(nearest, minlength=len(obj)).argmax())]
-    f, _, h, w = m.shape
-    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
     c = centroids(m)
     area = m[:, 0].float().sum((1, 2))
     votes = torch.zeros(len(SHAPES))
-    for i in range(f):
-        if area[i] < 10 or torch.isnan(c[i]).any():
-            continue
-        best, best_iou = 0, -1.0
-        for s_i in range(len(SHAPES)):
-            lo, hi = 1.0, 30.0
-            for _ in range(20):  # radius giving the same area
-                r = (lo + hi) / 2
-                a = (_shape_sdfs(xs - c[i, 0], ys - c[i, 1], torch.tensor(r), torch.tensor(0.0))[s_i] < 0).sum()
-                lo, hi = (r, hi) if a < area[i] else (lo, r)
-            tmpl = _shape_sdfs(xs - c[i, 0], ys - c[i, 1], torch.tensor(r), torch.tensor(0.0))[s_i] < 0
-            iou = float((tmpl & m[i, 0]).sum() / (tmpl | m[i, 0]).sum())
-            if iou > best_iou:
-                best, best_iou = s_i, iou
-        votes[best] += 1
+    for frame in m[:, 0]:
+        if (shape := shape_from_outline(frame)) is not None:
+            votes[SHAPES.index(shape)] += 1
     shape = SHAPES[int(votes.argmax())]
     valid = ~torch.isnan(c).any(1)
     idx = valid.nonzero()[:, 0]
