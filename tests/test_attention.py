@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from videodirector.attention.control import EditContext, EditSchedule, SelfControlProcessor, mutual_self_attention
-from videodirector.attention.processors import Clock, ControlProcessor, attention_layers, installed
+from videodirector.attention.processors import Branches, Clock, ControlProcessor, attention_layers, installed
 
 
 def test_sd15_layout_has_16_self_and_cross_layers_in_call_order(tiny_models):
@@ -173,3 +173,30 @@ def test_attention_backend_puts_its_kernel_first_only_inside_unet_forwards(tiny_
     assert seen == [int(SDPBackend.CUDNN_ATTENTION)]
     with pytest.raises(ConfigError, match="attention_backend"):
         apply_overrides(EditConfig(), {"model.attention_backend": "triton"})
+
+
+def test_sa1_leaves_renoised_queries_their_own_attention():
+    """With ``free_by_tokens`` (``--renoise``) SA-I applies the recon-cond map only to queries outside the
+    renoised region; renoised edit-cond queries attend as without control, and the other branches are
+    untouched."""
+    from videodirector.attention.processors import AttentionLayer
+
+    torch.manual_seed(0)
+    f, heads, n, d = 2, 2, 16, 8
+    sched = EditSchedule.build(10, 0.4, 0.8, [0, 16], None, [0, 16], sa1_max_tokens=16)
+    free = torch.zeros(f, n, dtype=torch.bool)
+    free[:, :6] = True
+    clock = Clock(step=0, num_steps=10)
+    layer = AttentionLayer("up_blocks.3.attentions.0.transformer_blocks.0.attn1", "self", "up_blocks.3", 9)
+    ctx = EditContext(clock, sched, f, {n: torch.zeros(f, n, dtype=torch.bool)},
+                      branches=Branches.WITHOUT_RECON_UNCOND)
+    q, k, v = (torch.randn(3 * f, heads, n, d) for _ in range(3))
+    sa1 = SelfControlProcessor(layer, ctx).attend(None, q, k, v)
+    ctx.free_by_tokens = {n: free}
+    freed = SelfControlProcessor(layer, ctx).attend(None, q, k, v)
+    plain = F.scaled_dot_product_attention(q, k, v)
+    e = slice(f, 2 * f)  # edit-cond rows in [edit-uncond, edit-cond, recon-cond]
+    assert torch.allclose(freed[e][:, :, :6], plain[e][:, :, :6], atol=1e-6)
+    assert torch.allclose(freed[e][:, :, 6:], sa1[e][:, :, 6:], atol=1e-6)
+    assert not torch.allclose(sa1[e][:, :, :6], plain[e][:, :, :6], atol=1e-3)  # SA-I did act there
+    assert torch.equal(freed[:f], sa1[:f]) and torch.equal(freed[2 * f:], sa1[2 * f:])

@@ -57,7 +57,12 @@ def test_full_edit_and_cache_round_trip(tiny_cfg, tiny_models, tmp_path):
     off = Editor(apply_overrides(tiny_cfg, {"control.sa1": False, "control.sa2": False, "control.cross": False,
                                             "control.edit_timesteps": "same"}), models=tiny_models)
     rec = off.edit(inv, "a red circle moving right")
-    assert torch.allclose(rec.latents, inv.reconstruction, atol=2e-3)  # batch-4 vs batch-1 float32 rounding
+    def rel(z: torch.Tensor) -> float:
+        return float((z - inv.reconstruction).norm() / inv.reconstruction.norm())
+
+    # batch-4 vs batch-1 float32 rounding only (elementwise up to 0.03 of |z| <= 19 on some CPUs, 3e-4 overall),
+    # against a real change: the edited prompt's latents
+    assert rel(rec.latents) < 2e-3 and rel(res.latents) > 10 * rel(rec.latents), (rel(rec.latents), rel(res.latents))
     loaded = Inversion.load(inv.meta["cache"]["folder"])
     assert torch.equal(loaded.latents, inv.latents) and torch.equal(loaded.masks, inv.masks)
 

@@ -253,6 +253,8 @@ def bench(
     cases: Optional[int] = typer.Option(None, "--cases", help="Use only the first N cases (CPU mode)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override DDIM steps (CPU mode)."),
     inner_steps: Optional[int] = typer.Option(None, "--inner-steps", help="Override null-text iterations."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Override the CFG scale w of "
+                                                   "inversion and editing (default: the bench's, see --help)."),
     results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Results root."),
     list_methods: bool = typer.Option(False, "--list", help="List methods and exit."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only this worker's share, no summary "
@@ -282,13 +284,15 @@ def bench(
     _quiet()
     if workers > 1:
         options = ["--suite", suite, "--device", device, "--results", str(results)]
-        for flag, value in (("--methods", methods), ("--cases", cases), ("--steps", steps), ("--inner-steps", inner_steps)):
+        for flag, value in (("--methods", methods), ("--cases", cases), ("--steps", steps), ("--inner-steps", inner_steps),
+                            ("--guidance-scale", guidance_scale)):
             if value is not None:
                 options += [flag, str(value)]
         with progress_bar() as cb:
             run_workers(workers, options, suite, names, cases, results, cb)
     with progress_bar() as cb:
-        summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only)
+        summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only,
+                            guidance_scale)
     if part:
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return

@@ -123,6 +123,9 @@ class EditContext:
     num_frames: int
     masks_by_tokens: dict[int, Tensor]  # tokens -> (F, tokens) bool, object = True
     blend_maps: dict[str, Tensor] = field(default_factory=dict)
+    free_by_tokens: dict[int, Tensor] | None = None
+    """tokens -> (F, tokens) bool, True where the edit starts from fresh noise (``--renoise``): SA-I
+    leaves these queries their own attention, since no source structure is wanted there."""
     branches: tuple[str, ...] = Branches.NAMES
     """The batch layout of the current step (set by the loop with the clock)."""
 
@@ -169,7 +172,11 @@ class SelfControlProcessor(ControlProcessor):
         q, k, v = (Branches.split(x, ctx.branches) for x in (query, key, value))
         out = Branches.split(sdpa(query, key, value), ctx.branches)
         # SA-I: W_recon · V_edit (Eq. 6 first case): the recon-cond map applied to edit-cond values.
-        out.parts["edit_cond"] = sdpa(q["recon_cond"], k["recon_cond"], v["edit_cond"])
+        sa1_out = sdpa(q["recon_cond"], k["recon_cond"], v["edit_cond"])
+        if ctx.free_by_tokens is not None:  # renoised queries keep their own map
+            free = ctx.free_by_tokens[tokens][:, None, :, None]
+            sa1_out = torch.where(free, out.parts["edit_cond"], sa1_out)
+        out.parts["edit_cond"] = sa1_out
         return out.join()
 
 

@@ -272,7 +272,8 @@ def interleave_kinds(cases: list[Case]) -> list[Case]:
 def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, device: str = "auto",
               max_cases: int | None = None, steps: int | None = None, inner_steps: int | None = None,
               results: Path = Path("benchmarks/results"), progress: Progress = no_progress,
-              shard: tuple[int, int] | None = None, stored_only: bool = False) -> dict[str, Any]:
+              shard: tuple[int, int] | None = None, stored_only: bool = False,
+              guidance_scale: float | None = None) -> dict[str, Any]:
     """Run (or resume) ``methods`` on the suite, then write per-method JSON, ``summary.json`` and the report.
 
     ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major with the kinds of edit
@@ -290,6 +291,8 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
         over["inversion.num_steps"] = steps
     if inner_steps:
         over["inversion.null_inner_steps"] = inner_steps
+    if guidance_scale is not None:
+        over["inversion.guidance_scale"] = guidance_scale
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
     models = None
@@ -398,7 +401,8 @@ def write_report(root: Path, summary: dict[str, Any], cases: list[Case], strips:
     methods = list(summary)
     lines = [f"# {root.name}: ShapeWorld ground-truth benchmark", "",
              f"{len(cases)} cases, {base.inversion.num_steps} DDIM steps, at most {base.inversion.null_inner_steps} "
-             f"null-text iterations per step, models: bundled ShapeWorld. Mean ± std over cases.", "",
+             f"null-text iterations per step, CFG scale w = {base.inversion.guidance_scale:g}, models: bundled ShapeWorld. "
+             "Mean ± std over cases.", "",
              "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for m in methods:
         cells = [f"{summary[m][k]['mean']:.3f} ± {summary[m][k]['std']:.3f}" for k in METRICS]

@@ -274,6 +274,8 @@ class VideoDirector:
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,
                                       c.mask_blend_dilation).to(latents)
+        if keep is not None and c.mask_blend_renoise:  # the renoised region follows no source structure
+            ctx.free_by_tokens = masks_by_tokens(keep[0].permute(1, 0, 2, 3) < 0.5, latent_hw)
         blend_from = int(c.mask_blend_start * T)
         if c.cross_mode == "replace":
             mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
