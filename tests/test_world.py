@@ -88,6 +88,7 @@ def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
         assert 5 < summary[m]["background_psnr"]["mean"] < 60
     report = (root / "report.md").read_text()
     assert "| videodirector |" in report and (root / "metrics.png").stat().st_size > 1000
+    assert "CFG scale w = 3," in report  # the bundled models' own guidance scale, not SD 1.5's 7.5
     assert "| vd-no-stdg | " in report.split("case by case")[1]  # the paired table
     assert set(json.loads((root / "paired.json").read_text())) == {"vd-no-stdg"}
     assert (root / "strips" / "00-colour.png").is_file()

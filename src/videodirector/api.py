@@ -32,6 +32,12 @@ from .methods.base import METHODS, EditResult, Inversion, Progress, no_progress
 from .models.loading import ModelBundle, load_models
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "world" / "weights"
+BUNDLED_GUIDANCE_SCALE = 3.0
+"""CFG scale ``w`` (Eq. 10) of the bundled ShapeWorld models: the one their quality gate samples with
+(``world.check``). SD 1.5's 7.5 (the official configs') over-guides these small models: on the bench,
+every method drew objects larger and shifted, and the full method scored worse on every metric
+(``benchmarks/results/shapeworld-v2/RUN.md``). The bench and the demo use it; an edit of your own
+video keeps the config's (7.5 by default)."""
 
 
 def load_inputs(cfg: EditConfig) -> tuple[Tensor, Tensor]:

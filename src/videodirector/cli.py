@@ -253,8 +253,8 @@ def bench(
     cases: Optional[int] = typer.Option(None, "--cases", help="Use only the first N cases (CPU mode)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override DDIM steps (CPU mode)."),
     inner_steps: Optional[int] = typer.Option(None, "--inner-steps", help="Override null-text iterations."),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="Override the CFG scale w of "
-                                                   "inversion and editing (default: the bench's, see --help)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="CFG scale w of inversion and "
+                                                   "editing (default: the bundled models' own, 3)."),
     results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Results root."),
     list_methods: bool = typer.Option(False, "--list", help="List methods and exit."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only this worker's share, no summary "

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from ..api import bundled_model_config
+from ..api import BUNDLED_GUIDANCE_SCALE, bundled_model_config
 from ..config import EditConfig, apply_overrides
 from ..errors import UserError
 from ..diffusion.ddim import NoiseSchedule, cfg_combine, ddim_invert, ddim_sample, leading_timesteps, linspace_timesteps
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def eps(z: torch.Tensor, t: int) -> torch.Tensor:
             e = m.eps(torch.cat([z, z]), t, emb)
-            return cfg_combine(e[1:], e[:1], 3.0)
+            return cfg_combine(e[1:], e[:1], BUNDLED_GUIDANCE_SCALE)
 
         z = torch.randn(1, 4, 16, 16, 16, generator=g).to(m.device, m.dtype)
         with torch.no_grad():
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_psnr": vae_psnr, "inversion_psnr": sum(inv_psnrs) / len(inv_psnrs),
         "direction_preference": direction,
         "targets": {"colour_acc": 0.9, "shape_acc": 0.9, "motion_acc": 0.9, "vae_psnr": 32, "inversion_psnr": 30},
-        "settings": {"captions": n, "sampling_steps": args.steps, "cfg": "eps_c + 3 (eps_c - eps_u)",
+        "settings": {"captions": n, "sampling_steps": args.steps, "cfg": f"eps_c + {BUNDLED_GUIDANCE_SCALE:g} (eps_c - eps_u)",
                      "inversions": args.inversions, "inversion_steps": args.inversion_steps,
                      "device": str(m.device), "seconds": time.time() - t0, "seconds_by_part": parts},
         "training": json.loads((Path(cfg.model.base).parent / "training.json").read_text()),

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..api import Editor, bundled_model_config
+from ..api import BUNDLED_GUIDANCE_SCALE, Editor, bundled_model_config
 from ..config import EditConfig, apply_overrides
 from ..io.outputs import atomic_folder, to_uint8, write_json
 from ..methods.base import Progress, no_progress
@@ -42,7 +42,7 @@ def demo_config(device: str = "auto", steps: int = 15, inner_steps: int = 3) -> 
         **bundled_model_config(device),
         "input.height": spec.size, "input.width": spec.size, "input.num_frames": spec.frames,
         "inversion.num_steps": steps, "inversion.null_inner_steps": inner_steps,
-        "prompts.source": spec.caption(),
+        "inversion.guidance_scale": BUNDLED_GUIDANCE_SCALE, "prompts.source": spec.caption(),
     })
 
 
