@@ -165,3 +165,23 @@ def test_mask_blend_keeps_the_source_outside_the_edit_region(tiny_cfg, tiny_mode
     assert torch.allclose(blended.frames[far], frames[far], atol=1e-6)  # the source's own pixels
     err_plain = (plain.frames - frames)[far].abs().mean()
     assert err_plain > 0.01, err_plain  # measured without the blend: the decoder changes the background
+
+
+def test_renoised_region_takes_no_stdg_guidance(tiny_cfg, tiny_models):
+    """With ``--renoise`` the cached G_t (computed on the source trajectory) is dropped where the edit starts
+    from fresh noise: changing G there leaves the edit as it was, while without renoise the same change
+    moves it."""
+    import dataclasses
+
+    from videodirector.io.masks import latent_keep_region
+
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 3, "inversion.null_inner_steps": 1,
+                                     "control.mask_blend": True})
+    inv = Editor(cfg, models=tiny_models).method.invert(frames, masks, "a red circle moving right")
+    free = 1 - latent_keep_region(masks, (8, 8), "object", 1)  # (1, 1, F, h, w), 1 where renoised
+    other = dataclasses.replace(inv, guidance=inv.guidance + 50.0 * free[0] * torch.randn_like(inv.guidance))
+    for renoise, same in ((True, True), (False, False)):
+        ed = Editor(apply_overrides(cfg, {"control.mask_blend_renoise": renoise}), models=tiny_models)
+        a, b = (ed.edit(x, "a blue circle moving right").latents for x in (inv, other))
+        assert torch.equal(a, b) is same, renoise
