@@ -274,10 +274,6 @@ class VideoDirector:
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,
                                       c.mask_blend_dilation).to(latents)
-        guide_region = None  # where the cached STDG guidance applies (it was computed on the source trajectory)
-        if keep is not None and c.mask_blend_renoise:  # the renoised region follows no source structure:
-            ctx.free_by_tokens = masks_by_tokens(keep[0].permute(1, 0, 2, 3) < 0.5, latent_hw)  # no SA-I map there,
-            guide_region = keep  # and no G_t, which pulls it back to the source's pattern
         blend_from = int(c.mask_blend_start * T)
         if c.cross_mode == "replace":
             mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
@@ -295,9 +291,13 @@ class VideoDirector:
         fixed_emb = {"edit_cond": self._per_frame(tgt, F_), "recon_uncond": self._per_frame(neg, F_),
                      "recon_cond": self._per_frame(src, F_)}
         e = latents[T][None]
-        if keep is not None and c.mask_blend_renoise:  # fresh Gaussian noise where the edit may change
+        if keep is not None and c.mask_blend_renoise:
+            # fresh Gaussian noise where the edit may change, and no source structure there: no SA-I map, and no
+            # G_t, which was computed on the source trajectory and pulls the region back to the source's pattern
             g = torch.Generator().manual_seed(cfg.seed)
             e = torch.lerp(torch.randn(e.shape, generator=g).to(e), e, keep)
+            ctx.free_by_tokens = masks_by_tokens(keep[0].permute(1, 0, 2, 3) < 0.5, latent_hw)
+            guidance = guidance * keep[0] if guidance is not None else None  # (T, C, F, h, w) x (1, F, h, w)
         with installed(m.unet, processors), torch.no_grad():
             for i, t in enumerate(timesteps):
                 clock.step = i
@@ -316,8 +316,6 @@ class VideoDirector:
                 eps = m.eps(torch.cat([z_in[b] for b in ctx.branches]), t, torch.cat([emb[b] for b in ctx.branches]))
                 a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
                 g = guidance[i][None] if guidance is not None else None
-                if g is not None and guide_region is not None:
-                    g = g * guide_region
                 e = ddim_step(cfg_combine(eps[1:2], eps[0:1], cfg.inversion.guidance_scale), e, a_t, a_p, g,
                               cfg.stdg.guidance_scale)
                 ref = latents[T - i - 1][None]  # the reconstruction path at the next step
