@@ -23,15 +23,20 @@ from torch import Tensor
 
 from . import __version__
 from .config import EditConfig, apply_overrides, load_config  # noqa: F401  (re-exported)
-from .errors import DeviceOutOfMemoryError, InputError, UserError
+from .errors import CacheEntryError, DeviceOutOfMemoryError, InputError, UserError
 from .io.masks import check_masks_match, load_masks
 from .io.outputs import atomic_folder, contact_sheet, hstack_videos, mask_overlay, to_uint8, write_json, write_video
 from .io.video import load_video, read_frames
 from .methods import videodirector as _vd  # noqa: F401  (registers the methods)
 from .methods.base import METHODS, EditResult, Inversion, Progress, no_progress
 from .models.loading import ModelBundle, load_models
+from .notices import warn
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "world" / "weights"
+LOW_RECONSTRUCTION_PSNR = 20.0
+"""Below this PSNR (dB) of the decoded stage-1 trajectory against the source frames, the inversion did not
+recover the video (a failed one scores about 10 dB; the bundled models reach 35-38 dB on ShapeWorld) and
+the edit will not keep its content: ``save`` warns."""
 BUNDLED_GUIDANCE_SCALE = 3.0
 """CFG scale ``w`` (Eq. 10) of the bundled ShapeWorld models: the one their quality gate samples with
 (``world.check``). SD 1.5's 7.5 (the official configs') over-guides these small models: on the bench,
@@ -66,6 +71,24 @@ def load_inputs(cfg: EditConfig) -> tuple[Tensor, Tensor]:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("VIDEODIRECTOR_CACHE", Path.home() / ".cache" / "videodirector")) / "inversions"
+
+
+def check_cache_location(folder: str | Path) -> None:
+    """One line, before any work, when the inversion cache cannot be written: a path under a file, a file
+    where the folder should be, or a folder without write permission (nothing is created here)."""
+    from .errors import OutputLocationError
+
+    folder = Path(folder).expanduser().absolute()
+    fix = "pass another --cache-dir, or --no-cache"
+    if folder.exists() and not folder.is_dir():
+        raise OutputLocationError(f"the inversion cache {folder} is a file, not a folder; {fix}")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputLocationError(f"the inversion cache {folder} lies under the file {probe}; {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputLocationError(f"the inversion cache {folder} cannot be written (no permission on {probe}); {fix}")
 
 
 def versions() -> dict[str, str]:
@@ -105,7 +128,10 @@ class Editor:
                  cache_dir: str | Path | None = None) -> None:
         self.cfg = method_config(method, cfg)
         self.method_name = method
+        if self.cfg.model.threads:
+            torch.set_num_threads(self.cfg.model.threads)
         self.models = models or load_models(self.cfg.model)
+        check_blocks(self.models.unet, self.cfg)
         self.method = METHODS[method][0](self.models, self.cfg)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
 
@@ -117,7 +143,15 @@ class Editor:
         """Fail fast (before any inversion) on prompt words that the edit cannot find."""
         from .attention.seq_align import require_words
 
+        from .attention.seq_align import unknown_words
+
         p, tok = self.cfg.prompts, self.models.tokenizer
+        if len(tok.get_vocab()) < CLOSED_VOCABULARY:
+            words = [w for prompt in (p.source, target_prompt or p.target) for w in unknown_words(prompt, tok)]
+            if words:
+                warn(f"the models' tokenizer does not know {', '.join(repr(w) for w in dict.fromkeys(words))}: the "
+                     "bundled ShapeWorld models only know ShapeWorld scenes (coloured shapes moving on plain, striped, "
+                     "checkered or gradient backgrounds); use real weights (--base, --motion-adapter) for real footage")
         require_words(target_prompt or p.target, p.equalizer_words, tok, "edit")
         require_words(p.source, p.blend_words_source, tok, "local-blend source")
         require_words(target_prompt or p.target, p.blend_words_target, tok, "local-blend target")
@@ -144,48 +178,104 @@ class Editor:
         check_masks_match(masks, frames)
         key = self.cache_key(frames, masks, source_prompt)
         folder = self.cache_dir / key
-        if use_cache and not overwrite_cache and (folder / "inversion.safetensors").is_file():
-            inv = Inversion.load(folder)
-            inv.meta["cache"] = {"key": key, "hit": True, "folder": str(folder)}
-            return inv
+        if use_cache and not overwrite_cache and folder.exists():
+            try:
+                inv = Inversion.load(folder, expected=self._expected_meta(frames, masks, source_prompt))
+                inv.meta["cache"] = {"key": key, "hit": True, "folder": str(folder)}
+                return inv
+            except CacheEntryError as exc:
+                warn(f"{exc}; computing the inversion again and replacing the entry")
         inv = self.method.invert(frames, masks, source_prompt, progress)
+        for name in ("latents", "null_embeddings", "guidance", "reconstruction"):
+            value = getattr(inv, name)
+            if value is not None and not torch.isfinite(value).all():
+                raise UserError(f"the inversion produced non-finite values ({name}); lower inversion.guidance_scale or "
+                                "the STDG coefficients (--stdg), or use --dtype float32")
         inv.meta["cache"] = {"key": key, "hit": False, "folder": str(folder)}
         if use_cache:
-            with atomic_folder(folder, overwrite=overwrite_cache or folder.exists()) as tmp:
+            with atomic_folder(folder, overwrite=True) as tmp:
                 inv.save(tmp)
         return inv
+
+    def _expected_meta(self, frames: Tensor, masks: Tensor, source_prompt: str) -> dict[str, Any]:
+        """What a cache entry for these inputs must say of itself (checked on read)."""
+        return {"source_prompt": source_prompt, "num_steps": self.cfg.inversion.num_steps,
+                "shape": {"source_frames": list(frames.shape), "masks": list(masks.shape)}}
 
     @oom_guard
     def edit(self, inversion: Inversion, target_prompt: str | None = None, progress: Progress = no_progress) -> EditResult:
         target = target_prompt if target_prompt is not None else self.cfg.prompts.target
         if not target:
             raise InputError("no target prompt; pass --target-prompt with the edited description")
-        return self.method.edit(inversion, target, progress)
+        result = self.method.edit(inversion, target, progress)
+        if not torch.isfinite(result.latents).all():
+            raise UserError("the edit produced non-finite values (NaN or inf); lower inversion.guidance_scale, "
+                            "--edit-weight or --stdg, or use --dtype float32")
+        return result
 
     # ---------------------------------------------------------------- outputs
     def save(self, result: EditResult, inversion: Inversion, out: str | Path, overwrite: bool = False,
              extra: dict[str, Any] | None = None) -> Path:
-        """Write edited.mp4/.gif, side_by_side.mp4 (source | edited | mask overlay), contact_sheet.png, result.json."""
+        """Write edited.mp4/.gif, side_by_side.mp4 (source | edited | mask), contact_sheet.png (source, edited,
+        mask, reconstruction and ``extra["rows"]``) and result.json, with the reconstruction PSNR: how well
+        stage 1 gives back the source (the decoded end of its trajectory against the source frames)."""
         fps = self.cfg.output.fps
+        extra = dict(extra or {})
+        rows = dict(extra.pop("rows", {}))
         src = to_uint8(inversion.source_frames)
         edited = to_uint8(result.frames)
         overlay = mask_overlay(src, inversion.masks)
+        if "reconstruction" not in rows:
+            rows["reconstruction"] = to_uint8(self.method.reconstruct(inversion).cpu())
+        recon_psnr = psnr_uint8(rows["reconstruction"], src)
+        if recon_psnr < LOW_RECONSTRUCTION_PSNR:
+            warn(f"the inversion reconstructs the source at only {recon_psnr:.1f} dB PSNR (below "
+                 f"{LOW_RECONSTRUCTION_PSNR:g} dB), so the edit will not keep the video's content; check that the "
+                 "source prompt describes the video and that the models can draw it, and use the faithful settings "
+                 "(--steps 50 --inner-steps 10)")
         with atomic_folder(out, overwrite) as tmp:
             write_video(tmp / "edited.mp4", edited, fps)
             write_video(tmp / "edited.gif", edited, fps)
-            write_video(tmp / "side_by_side.mp4", hstack_videos([src, edited, overlay]), fps)
-            contact_sheet({"source": src, "edited": edited, "mask": overlay, **(extra or {}).get("rows", {})},
-                          tmp / "contact_sheet.png")
+            write_video(tmp / "side_by_side.mp4", hstack_videos([src, edited, overlay],
+                                                                labels=["source", "edited", "mask"]), fps)
+            contact_sheet({"source": src, "edited": edited, "mask": overlay, **rows}, tmp / "contact_sheet.png")
             write_json(tmp / "result.json", {
                 "method": self.method_name, "source_prompt": inversion.meta.get("source_prompt"),
-                "target_prompt": result.target_prompt, "seed": self.cfg.seed, "config": self.cfg.to_dict(),
+                "target_prompt": result.target_prompt, "seed": self.cfg.seed,
+                "reconstruction_psnr": round(recon_psnr, 3),
+                "reconstruction_psnr_note": "dB, the decoded end of the inversion trajectory against the source frames",
+                "config": self.cfg.to_dict(),
                 "timings": {"inversion": inversion.meta.get("timings", {}), "edit": result.timings},
                 "inversion_cache": inversion.meta.get("cache"), "mean_null_inner_iterations":
                     inversion.meta.get("mean_inner_iterations"), "versions": versions(),
-                "device": str(self.models.device), "dtype": str(self.models.dtype),
-                **{k: v for k, v in (extra or {}).items() if k != "rows"},
+                "device": str(self.models.device), "dtype": str(self.models.dtype), **extra,
             })
         return Path(out)
+
+
+CLOSED_VOCABULARY = 10_000
+"""A tokenizer with fewer tokens than this has a closed vocabulary (the bundled ShapeWorld one has 238;
+CLIP's has 49,408): words outside it are spelt letter by letter, and the model never learnt them."""
+
+
+def psnr_uint8(a: "np.ndarray", b: "np.ndarray") -> float:
+    """PSNR in dB of two uint8 videos ``(F, H, W, 3)`` (peak 255); 100 for identical videos."""
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def check_blocks(unet: torch.nn.Module, cfg: EditConfig) -> None:
+    """Every STDG block named in the config exists in the UNet (a one-line error naming those it has)."""
+    have = {name for name, _ in unet.named_children() if name in ("mid_block",)}
+    for group in ("down_blocks", "up_blocks"):
+        have |= {f"{group}.{i}" for i in range(len(getattr(unet, group, [])))}
+    for key in ("temporal_block_weights", "appearance_block_weights"):
+        for block in getattr(cfg.stdg, key):
+            if block not in have:
+                raise UserError(f"stdg.{key} names {block!r}, which this UNet does not have; use some of "
+                                f"{', '.join(sorted(have))} (official: up_blocks.1, up_blocks.2)")
 
 
 def inversion_settings(cfg: EditConfig) -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """Command line: ``videodirector edit | invert | demo | bench | metrics``.
 
 Thin: parses arguments, shows progress (stage, step, ETA) and calls :mod:`videodirector.api`.
-User mistakes print one line (``error: ...``) and exit with status 2.
+User mistakes print one line (``error: ...``) and exit with status 2; warnings print one line each
+(``warning: ...``). Ctrl-C stops the run (status 130) and leaves no half-written output.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -16,23 +20,95 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from . import __version__, notices
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=(
     "Precise text-driven video editing with diffusion models (VideoDirector on AnimateDiff).\n\n"
     "Quick start: 'videodirector demo' edits a ShapeWorld clip with the bundled models, offline, on CPU."))
 console = Console(stderr=True)
+PROGRESS_INTERVAL_S = float(os.environ.get("VIDEODIRECTOR_PROGRESS_INTERVAL", "10"))
+"""Seconds between plain progress lines when stderr is not a terminal."""
+
+
+# ------------------------------------------------------------------------------------ interruption
+_interrupted = False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
+    """First Ctrl-C: raise KeyboardInterrupt and remember it (Python drops one raised inside a ``__del__``
+    or a callback, so :func:`check_interrupt` raises it again at the next step); second: stop at once."""
+    global _interrupted
+    if _interrupted:
+        os._exit(130)
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+    global _interrupted
+    _interrupted = False
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C was pressed and the interrupt got lost on the way."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------ progress
+class ProgressLines:
+    """Plain progress for a log file or pipe: one line per stage start and end, and otherwise at most one
+    every ``interval`` seconds: ``stage: step/total (pct), elapsed, eta``."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_S) -> None:
+        self.interval = interval
+        self.start: dict[str, float] = {}
+        self.last_line = 0.0
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        now = time.monotonic()
+        first = stage not in self.start
+        if first:
+            self.start[stage] = now
+        if not (first or step >= total or now - self.last_line >= self.interval):
+            return
+        self.last_line = now
+        elapsed = now - self.start[stage]
+        eta = elapsed / step * (total - step) if step > 0 else float("nan")
+        pct = 100.0 * step / total if total else 100.0
+        line = f"{stage}: {step}/{total} ({pct:.0f}%), {_clock(elapsed)} elapsed"
+        line += ", done" if step >= total else (f", eta {_clock(eta)}" if step > 0 else "")
+        print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 @contextmanager
 def progress_bar():  # noqa: ANN201
-    """A rich progress display; yields ``callback(stage, step, total)``."""
+    """Yields ``callback(stage, step, total)``: a rich progress display on a terminal, plain lines on stderr
+    otherwise. Each call also checks for a pending Ctrl-C."""
+    if not console.is_terminal and not _force_progress():
+        lines = ProgressLines()
+
+        def plain(stage: str, step: int, total: int) -> None:
+            check_interrupt()
+            lines(stage, step, total)
+
+        yield plain
+        return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
-                  disable=not console.is_terminal and not _force_progress()) as prog:
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as prog:
         tasks: dict[str, Any] = {}
 
         def callback(stage: str, step: int, total: int) -> None:
+            check_interrupt()
             if stage not in tasks:
                 tasks[stage] = prog.add_task(stage, total=total)
             prog.update(tasks[stage], completed=step)
@@ -43,6 +119,7 @@ def progress_bar():  # noqa: ANN201
 def _quiet() -> None:
     """Hide library progress bars and warnings that say nothing to a user of this tool."""
     import logging
+    import warnings
 
     import diffusers
     import transformers
@@ -52,74 +129,152 @@ def _quiet() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|torch)\.")
 
 
 def _force_progress() -> bool:
-    import os
-
     return os.environ.get("VIDEODIRECTOR_PROGRESS", "") == "1"
 
 
+def _threads(n: Optional[int]) -> None:
+    if n is not None:
+        if not 1 <= n <= 1024:
+            raise UserError(f"--threads {n}: use a number of CPU threads from 1 to 1024")
+        import torch
+
+        torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------ settings
+_KEYS = {
+    "video": "input.video", "masks": "input.masks", "frames": "input.num_frames", "height": "input.height",
+    "width": "input.width", "source_prompt": "prompts.source", "target_prompt": "prompts.target",
+    "negative_prompt": "prompts.negative", "steps": "inversion.num_steps", "inner_steps": "inversion.null_inner_steps",
+    "guidance_scale": "inversion.guidance_scale", "seed": "seed", "device": "model.device", "dtype": "model.dtype",
+    "base": "model.base", "motion_adapter": "model.motion_adapter", "single_file": "model.single_file",
+    "offline": "model.local_files_only", "threads": "model.threads",
+    "fast_inversion": "inversion.fast", "gradient_checkpointing": "model.gradient_checkpointing",
+    "compile": "model.compile", "tau_s": "control.self_replace_steps", "tau_c": "control.cross_replace_steps",
+    "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
+    "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
+}
+
+
+def _numbers(flag: str, text: str, count: int | None = None) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (count is not None and len(values) != count):
+        what = f"{count} comma-separated numbers" if count else "comma-separated numbers"
+        raise UserError(f"{flag} {text!r} is not {what}; write e.g. {flag} 0.5,0.5,0,0.5")
+    return values
+
+
 def _overrides(**kw: Any) -> dict[str, Any]:
-    keys = {
-        "video": "input.video", "masks": "input.masks", "frames": "input.num_frames", "height": "input.height",
-        "width": "input.width", "source_prompt": "prompts.source", "target_prompt": "prompts.target",
-        "negative_prompt": "prompts.negative", "steps": "inversion.num_steps", "inner_steps": "inversion.null_inner_steps",
-        "seed": "seed", "device": "model.device", "dtype": "model.dtype", "base": "model.base",
-        "motion_adapter": "model.motion_adapter", "single_file": "model.single_file", "offline": "model.local_files_only",
-        "fast_inversion": "inversion.fast", "gradient_checkpointing": "model.gradient_checkpointing",
-        "compile": "model.compile", "tau_s": "control.self_replace_steps", "tau_c": "control.cross_replace_steps",
-        "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
-        "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
-    }
-    out = {keys[k]: v for k, v in kw.items() if v is not None and k in keys}
+    """Dotted config keys from the command-line options (None = not given)."""
+    out = {_KEYS[k]: v for k, v in kw.items() if v is not None and k in _KEYS}
     if kw.get("edit_words"):
-        words = [w for w in kw["edit_words"].split(",") if w]
+        words = [w.strip() for w in kw["edit_words"].split(",") if w.strip()]
         out["prompts.equalizer_words"] = words
         out["prompts.equalizer_values"] = [float(kw.get("edit_weight") or 1.0)] * len(words)
     if kw.get("stdg"):
-        out["stdg.coefficients"] = [float(x) for x in kw["stdg"].split(",")]
+        out["stdg.coefficients"] = _numbers("--stdg", kw["stdg"], 4)
     if kw.get("bundled"):
-        from .api import bundled_model_config
+        given = [f for f, k in (("--base", "base"), ("--motion-adapter", "motion_adapter"),
+                                ("--single-file", "single_file")) if kw.get(k)]
+        if given:
+            raise UserError(f"--bundled and {given[0]} both name the models; keep --bundled for the bundled "
+                            f"ShapeWorld models or {given[0]} for your own weights, not both")
+        from .api import BUNDLED_GUIDANCE_SCALE, bundled_model_config
 
-        out.update({k: v for k, v in bundled_model_config(kw.get("device") or "auto").items()})
+        out.update(bundled_model_config(kw.get("device") or "auto"))
+        out.setdefault("inversion.guidance_scale", BUNDLED_GUIDANCE_SCALE)
     return out
 
 
 def _config(config: Optional[Path], overrides: dict[str, Any]):  # noqa: ANN202
+    """The run's settings: the YAML (ours or official) or the defaults, then the options. Weights given on
+    the command line (``--bundled``, ``--base``) replace a YAML's single-file checkpoint (the official
+    ``dreambooth_path``) unless ``--single-file`` is given too."""
     from .config import EditConfig, apply_overrides, load_config, validate
 
     cfg = load_config(config, overrides) if config else apply_overrides(EditConfig(), overrides)
+    if "model.single_file" not in overrides and ("model.base" in overrides):
+        cfg.model.single_file = None
     validate(cfg)
     return cfg
 
 
+def _preflight(out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], use_cache: bool = True) -> None:
+    """Check every output and cache location before any work starts."""
+    from .api import check_cache_location, default_cache_dir
+    from .io.outputs import check_output_location
+
+    if out is not None:
+        check_output_location(out, overwrite)
+    if use_cache:
+        check_cache_location(cache_dir or default_cache_dir())
+
+
+def _d(text: str, default: Any) -> str:
+    """Help text with its default, written the way typer writes the defaults it shows itself."""
+    return f"{text} \\[default: {default}]"
+
+
 # Options shared by edit and invert ------------------------------------------------------------
-VideoOpt = typer.Option(None, "--video", help="Input video (mp4/webm/gif/mov) or folder of frames.")
-MasksOpt = typer.Option(None, "--masks", help="Folder of per-frame mask PNGs or a mask video (white = object).")
+VideoOpt = typer.Option(None, "--video", help="Input video (mp4, webm, mov, gif) or folder of frames. \\[default: the config's]")
+MasksOpt = typer.Option(None, "--masks", help="Folder of per-frame mask images or a mask video (non-zero = object). "
+                        "\\[default: none, the whole frame]")
 SrcOpt = typer.Option(None, "--source-prompt", help="Prompt describing the input video.")
-NegOpt = typer.Option(None, "--negative-prompt", help="Negative prompt (initialises the null-text).")
-FramesOpt = typer.Option(None, "--frames", help="Frames to sample (default 16, at most 32).")
-HOpt = typer.Option(None, "--height", help="Height, a multiple of 8 (default 512).")
-WOpt = typer.Option(None, "--width", help="Width, a multiple of 8 (default 512).")
-StepsOpt = typer.Option(None, "--steps", help="DDIM steps (default 50).")
-InnerOpt = typer.Option(None, "--inner-steps", help="Null-text iterations per step (default 10).")
-SeedOpt = typer.Option(None, "--seed", help="Seed (default 42).")
-DevOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N.")
-DtypeOpt = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16.")
-BaseOpt = typer.Option(None, "--base", help="SD 1.5 diffusers folder or hub id.")
-AdapterOpt = typer.Option(None, "--motion-adapter", help="Motion adapter folder, hub id or .ckpt file.")
-SingleOpt = typer.Option(None, "--single-file", help="Community SD 1.5 checkpoint (.safetensors); config from --base.")
-OfflineOpt = typer.Option(None, "--offline/--online", help="Never touch the network (also HF_HUB_OFFLINE=1).")
-BundledOpt = typer.Option(False, "--bundled", help="Use the bundled ShapeWorld models.")
-FastOpt = typer.Option(None, "--fast-inversion", help="none (faithful), negative_prompt or direct: skip null-text optimisation.")
-GcOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Less GPU memory for null-text.")
+NegOpt = typer.Option(None, "--negative-prompt", help=_d("Negative prompt (initialises the null-text).", "''"))
+FramesOpt = typer.Option(None, "--frames", help=_d("Frames to sample, 1 to 32.", 16))
+HOpt = typer.Option(None, "--height", help=_d("Height, a multiple of 8.", 512))
+WOpt = typer.Option(None, "--width", help=_d("Width, a multiple of 8.", 512))
+StepsOpt = typer.Option(None, "--steps", help=_d("DDIM steps.", 50))
+InnerOpt = typer.Option(None, "--inner-steps", help=_d("Null-text iterations per step.", 10))
+GuidanceOpt = typer.Option(None, "--guidance-scale", help=_d("CFG scale w (Eq. 10) of inversion and editing.",
+                                                             "7.5; 3 with --bundled"))
+SeedOpt = typer.Option(None, "--seed", help=_d("Seed, 0 to 2**63-1.", 42))
+DevOpt = typer.Option(None, "--device", help=_d("auto (CUDA when present), cpu, cuda or cuda:N.", "auto"))
+DtypeOpt = typer.Option(None, "--dtype", help=_d("auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or "
+                                                 "float16 (GPU only).", "auto"))
+ThreadsOpt = typer.Option(None, "--threads", help=_d("CPU threads for torch; 1 on a busy or small machine.",
+                                                     "one per core"))
+BaseOpt = typer.Option(None, "--base", help=_d("SD 1.5 diffusers folder or hub id; replaces a YAML's dreambooth_path.",
+                                               "stable-diffusion-v1-5/stable-diffusion-v1-5"))
+AdapterOpt = typer.Option(None, "--motion-adapter", help=_d("Motion adapter folder, hub id or .ckpt file.",
+                                                            "guoyww/animatediff-motion-adapter-v1-5-3"))
+SingleOpt = typer.Option(None, "--single-file", help="Community SD 1.5 checkpoint (.safetensors); its config comes "
+                         "from --base. \\[default: none]")
+OfflineOpt = typer.Option(None, "--offline/--online", help=_d("Never touch the network (also HF_HUB_OFFLINE=1).",
+                                                              "online"))
+BundledOpt = typer.Option(False, "--bundled", help="Use the bundled ShapeWorld models (no download; they only know "
+                          "ShapeWorld scenes); replaces a YAML's dreambooth_path and motion_module.")
+FastOpt = typer.Option(None, "--fast-inversion", help=_d("none (faithful), negative_prompt or direct: skip the null-text "
+                                                         "optimisation (beyond the paper).", "none"))
+GcOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                     help=_d("Less GPU memory for null-text.", "off"))
 CompileOpt = typer.Option(None, "--compile/--no-compile",
-                          help="torch.compile the UNet's resnet, feed-forward and motion-module blocks (GPU; ~4 min once).")
-NullOpt = typer.Option(None, "--null-text", help="multi_frame (paper), shared or none.")
-StdgOpt = typer.Option(None, "--stdg", help="STDG coefficients eta_f,eta_b,zeta_f,zeta_b (default 0.5,0.5,0,0.5).")
-CacheOpt = typer.Option(None, "--cache-dir", help="Inversion cache folder (default ~/.cache/videodirector).")
+                          help=_d("torch.compile the UNet's resnet, feed-forward and motion-module blocks (GPU; about "
+                                  "4 minutes once).", "off"))
+NullOpt = typer.Option(None, "--null-text", help=_d("multi_frame (paper), shared or none.", "multi_frame"))
+StdgOpt = typer.Option(None, "--stdg", help=_d("STDG coefficients eta_f,eta_b,zeta_f,zeta_b.", "0.5,0.5,0,0.5"))
+CacheOpt = typer.Option(None, "--cache-dir", help=_d("Inversion cache folder.", "~/.cache/videodirector/inversions"))
 MethodOpt = typer.Option("videodirector", "--method", help="Method or ablation name (see 'videodirector bench --list').")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"videodirector {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Precise text-driven video editing with diffusion models (VideoDirector on AnimateDiff)."""
 
 
 @app.command()
@@ -128,57 +283,63 @@ def edit(
     video: Optional[str] = VideoOpt, masks: Optional[str] = MasksOpt, source_prompt: Optional[str] = SrcOpt,
     target_prompt: Optional[str] = typer.Option(None, "--target-prompt", help="The edited description."),
     negative_prompt: Optional[str] = NegOpt,
-    edit_words: Optional[str] = typer.Option(None, "--edit-words", help="Comma-separated target words to reweight."),
-    edit_weight: Optional[float] = typer.Option(None, "--edit-weight", help="Cross-attention weight of --edit-words."),
+    edit_words: Optional[str] = typer.Option(None, "--edit-words", help="Comma-separated target words whose "
+                                             "cross-attention is reweighted. \\[default: none]"),
+    edit_weight: Optional[float] = typer.Option(None, "--edit-weight", help=_d("Cross-attention weight of --edit-words.", 1)),
     frames: Optional[int] = FramesOpt, height: Optional[int] = HOpt, width: Optional[int] = WOpt,
-    steps: Optional[int] = StepsOpt, inner_steps: Optional[int] = InnerOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DevOpt, dtype: Optional[str] = DtypeOpt, base: Optional[str] = BaseOpt,
-    motion_adapter: Optional[str] = AdapterOpt, single_file: Optional[str] = SingleOpt, offline: Optional[bool] = OfflineOpt,
-    bundled: bool = BundledOpt, fast_inversion: Optional[str] = FastOpt, gradient_checkpointing: Optional[bool] = GcOpt,
+    steps: Optional[int] = StepsOpt, inner_steps: Optional[int] = InnerOpt, guidance_scale: Optional[float] = GuidanceOpt,
+    seed: Optional[int] = SeedOpt, device: Optional[str] = DevOpt, dtype: Optional[str] = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt, base: Optional[str] = BaseOpt, motion_adapter: Optional[str] = AdapterOpt,
+    single_file: Optional[str] = SingleOpt, offline: Optional[bool] = OfflineOpt, bundled: bool = BundledOpt,
+    fast_inversion: Optional[str] = FastOpt, gradient_checkpointing: Optional[bool] = GcOpt,
     compile: Optional[bool] = CompileOpt, null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
-    tau_s: Optional[float] = typer.Option(None, "--tau-s", help="SA-I/SA-II switch, fraction of steps (default 0.4)."),
-    tau_c: Optional[float] = typer.Option(None, "--tau-c", help="Cross-attention control window (default 0.8)."),
-    cross_mode: Optional[str] = typer.Option(None, "--cross-mode", help="refine (default) or replace."),
-    edit_target: Optional[str] = typer.Option(None, "--edit-target", help="object (default) or background."),
+    tau_s: Optional[float] = typer.Option(None, "--tau-s", help=_d("SA-I/SA-II switch, fraction of steps.", 0.4)),
+    tau_c: Optional[float] = typer.Option(None, "--tau-c", help=_d("Cross-attention control window, fraction of steps.", 0.8)),
+    cross_mode: Optional[str] = typer.Option(None, "--cross-mode", help=_d("refine or replace.", "refine")),
+    edit_target: Optional[str] = typer.Option(None, "--edit-target", help=_d("object or background.", "object")),
     mask_blend: Optional[bool] = typer.Option(
         None, "--mask-blend/--no-mask-blend",
-        help="Beyond the paper: keep the source exactly outside the masks' edit region (needs --masks)."),
+        help=_d("Beyond the paper: keep the source exactly outside the masks' edit region (needs --masks).", "off")),
     renoise: Optional[bool] = typer.Option(
         None, "--renoise/--no-renoise",
-        help="With --mask-blend: start the edited region from fresh noise (new textures, e.g. a background edit)."),
+        help=_d("With --mask-blend: start the edited region from fresh noise (new textures).", "off")),
     method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
-    out: Path = typer.Option(Path("out/edit"), "--out", help="Output folder."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    out: Path = typer.Option(Path("out/edit"), "--out", help="Output folder (created; must not hold other files)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this tool at --out."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the inversion cache."),
 ) -> None:
     """Invert (or load the cached inversion) and edit a video; writes edited.mp4/.gif, side_by_side.mp4,
-    contact_sheet.png and result.json."""
+    contact_sheet.png and result.json (with the reconstruction PSNR)."""
+    _threads(threads)
+    cfg = _config(config, _overrides(**locals()))
+    _preflight(out, overwrite, cache_dir, use_cache=not no_cache)
     from .api import Editor, load_inputs
 
-    cfg = _config(config, _overrides(**locals()))
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it or choose --out")
     frames_, masks_ = load_inputs(cfg)  # input mistakes surface before any model loads
+    check_interrupt()
     _quiet()
     editor = Editor(cfg, method=method, cache_dir=cache_dir)
     editor.check_prompts()
+    check_interrupt()
     with progress_bar() as cb:
         inv = editor.invert(frames_, masks_, progress=cb, use_cache=not no_cache)
         if inv.meta.get("cache", {}).get("hit"):
-            console.print(f"using cached inversion {inv.meta['cache']['folder']}")
+            console.print(f"using cached inversion {inv.meta['cache']['folder']}", highlight=False)
         res = editor.edit(inv, progress=cb)
+    check_interrupt()
     editor.save(res, inv, out, overwrite)
-    console.print(f"wrote {out}/edited.mp4, side_by_side.mp4, contact_sheet.png, result.json")
+    console.print(f"wrote {out}/edited.mp4, side_by_side.mp4, contact_sheet.png, result.json", highlight=False)
 
 
 @app.command()
 def invert(
-    config: Optional[Path] = typer.Argument(None, help="YAML config (ours or the official format)."),
+    config: Optional[Path] = typer.Argument(None, help="YAML config (ours or the official VideoDirector format)."),
     video: Optional[str] = VideoOpt, masks: Optional[str] = MasksOpt, source_prompt: Optional[str] = SrcOpt,
     negative_prompt: Optional[str] = NegOpt, frames: Optional[int] = FramesOpt, height: Optional[int] = HOpt,
     width: Optional[int] = WOpt, steps: Optional[int] = StepsOpt, inner_steps: Optional[int] = InnerOpt,
-    seed: Optional[int] = SeedOpt, device: Optional[str] = DevOpt, dtype: Optional[str] = DtypeOpt,
-    base: Optional[str] = BaseOpt, motion_adapter: Optional[str] = AdapterOpt, single_file: Optional[str] = SingleOpt,
+    guidance_scale: Optional[float] = GuidanceOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DevOpt,
+    dtype: Optional[str] = DtypeOpt, threads: Optional[int] = ThreadsOpt, base: Optional[str] = BaseOpt,
+    motion_adapter: Optional[str] = AdapterOpt, single_file: Optional[str] = SingleOpt,
     offline: Optional[bool] = OfflineOpt, bundled: bool = BundledOpt, fast_inversion: Optional[str] = FastOpt,
     gradient_checkpointing: Optional[bool] = GcOpt, compile: Optional[bool] = CompileOpt,
     null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
@@ -187,58 +348,76 @@ def invert(
 ) -> None:
     """Run stage 1 only and store the inversion (latents, null-text, STDG) in the cache, keyed by a hash of
     video, masks, prompt, model and settings; later 'edit' runs with new target prompts reuse it."""
+    _threads(threads)
+    cfg = _config(config, _overrides(**locals()))
+    _preflight(None, False, cache_dir)
     from .api import Editor, load_inputs
 
-    cfg = _config(config, _overrides(**locals()))
     frames_, masks_ = load_inputs(cfg)
+    check_interrupt()
     _quiet()
     editor = Editor(cfg, method=method, cache_dir=cache_dir)
+    check_interrupt()
     with progress_bar() as cb:
         inv = editor.invert(frames_, masks_, progress=cb, overwrite_cache=overwrite)
     c = inv.meta["cache"]
-    console.print(f"{'already cached' if c['hit'] else 'cached'}: {c['folder']}")
+    console.print(f"{'already cached' if c['hit'] else 'cached'}: {c['folder']}", highlight=False)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("out/demo"), "--out", help="Output folder (created; must not hold other files)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
-    steps: int = typer.Option(15, "--steps", help="DDIM steps (faithful: 50)."),
-    inner_steps: int = typer.Option(3, "--inner-steps", help="Null-text iterations per step (faithful: 10)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    steps: int = typer.Option(15, "--steps", min=1, max=1000, help="DDIM steps (faithful: 50)."),
+    inner_steps: int = typer.Option(3, "--inner-steps", min=0, max=1000,
+                                    help="Null-text iterations per step (faithful: 10)."),
+    threads: Optional[int] = ThreadsOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this tool at --out."),
 ) -> None:
     """Edit a ShapeWorld clip with the bundled models (offline): red circle -> yellow square, and a
     background edit teal -> orange; writes outputs, ground truth and metrics.json."""
+    _threads(threads)
+    from .config import EditConfig, apply_overrides, validate
+
+    validate(apply_overrides(EditConfig(), {"model.device": device}))
+    _preflight(out, overwrite, None, use_cache=False)
     from .world.demo import run_demo
 
     _quiet()
-    if out.exists() and not overwrite:
-        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it or choose --out")
     with progress_bar() as cb:
         metrics = run_demo(out, device, steps, inner_steps, overwrite, cb)
-    keys = ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px")
-    console.print("object edit: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys))
+    keys = ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr")
+    console.print("object edit: " + ", ".join(f"{k}={metrics['edits']['object_edit'][k]:.3f}" for k in keys),
+                  highlight=False)
     bg = metrics["edits"]["background_edit"]
-    console.print("background edit: " + ", ".join(f"{k}={bg[k]:.3f}" for k in keys))
-    console.print(f"wrote {out}/ (object_edit/, background_edit/, metrics.json)")
+    console.print("background edit: " + ", ".join(f"{k}={bg[k]:.3f}" for k in keys), highlight=False)
+    console.print(f"wrote {out}/ (object_edit/, background_edit/, metrics.json)", highlight=False)
 
 
 @app.command()
 def metrics(
     edited: Path = typer.Argument(..., help="Edited video."),
     source: Path = typer.Argument(..., help="Source video."),
-    masks: Optional[Path] = typer.Option(None, "--masks", help="Object masks of the source (for masked PSNR)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Target prompt (for CLIP text alignment)."),
-    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for CLIP metrics."),
-    frames: int = typer.Option(16, "--frames"), size: int = typer.Option(512, "--size"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Object masks of the source (for masked PSNR). "
+                                         "\\[default: none]"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Target prompt (for CLIP text alignment). \\[default: none]"),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or folder for CLIP metrics. "
+                                             "\\[default: none]"),
+    frames: int = typer.Option(16, "--frames", min=1, max=1024, help="Frames compared."),
+    size: int = typer.Option(512, "--size", min=8, max=4096, help="Side the frames are resized to."),
     flow: Optional[str] = typer.Option(None, "--flow", help="raft_large, raft_small or a RAFT .pth: adds warp error "
-                                       "and motion smoothness (needs the metrics extra)."),
+                                       "and motion smoothness (needs the metrics extra). \\[default: none]"),
     lpips_net: Optional[str] = typer.Option(None, "--lpips", help="alex, vgg or squeeze: adds LPIPS, masked to the "
-                                            "background with --masks (needs the metrics extra)."),
-    device: str = typer.Option("cpu", "--device"),
+                                            "background with --masks (needs the metrics extra). \\[default: none]"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Score any pair of videos: PSNR, SSIM, masked (background) PSNR, flicker; masked LPIPS with --lpips; CLIP
     metrics with --clip-model; flow warp error and motion smoothness with --flow."""
+    _threads(threads)
+    from .config import EditConfig, apply_overrides, validate
+
+    validate(apply_overrides(EditConfig(), {"model.device": device}))
     from .metrics.video_pair import score_pair
 
     result = score_pair(edited, source, masks, prompt, clip_model, frames, size, flow, device, lpips_net)
@@ -247,24 +426,28 @@ def metrics(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("shapeworld-v2", "--suite", help="Suite name: shapeworld-v2 (default) or shapeworld-v1."),
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
-    device: str = typer.Option("auto", "--device"),
-    cases: Optional[int] = typer.Option(None, "--cases", help="Use only the first N cases (CPU mode)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override DDIM steps (CPU mode)."),
-    inner_steps: Optional[int] = typer.Option(None, "--inner-steps", help="Override null-text iterations."),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="CFG scale w of inversion and "
-                                                   "editing (default: the bundled models' own, 3)."),
+    suite: str = typer.Option("shapeworld-v2", "--suite", help="Suite name: shapeworld-v2 or shapeworld-v1."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods. \\[default: all]"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    cases: Optional[int] = typer.Option(None, "--cases", min=1, help="Use only the first N cases (CPU mode). "
+                                        "\\[default: all]"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1000, help=_d("DDIM steps.", 25)),
+    inner_steps: Optional[int] = typer.Option(None, "--inner-steps", min=0, max=1000,
+                                              help=_d("Null-text iterations per step.", 10)),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help=_d(
+        "CFG scale w of inversion and editing.", "the bundled models' own, 3")),
     results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Results root."),
     list_methods: bool = typer.Option(False, "--list", help="List methods and exit."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only this worker's share, no summary "
-                                        "(start N workers, then gather with a plain run)."),
+                                        "(start N workers, then gather with a plain run). \\[default: all]"),
     stored_only: bool = typer.Option(False, "--stored-only", help="Run nothing: summarise the cases that every "
                                      "method has finished (after a run cut short)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Run N shard workers in parallel (one GPU: a small "
                                 "model is launch-bound, so they overlap), then gather."),
+    threads: Optional[int] = ThreadsOpt,
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
+    _threads(threads)
     from .bench.runner import run_bench, run_workers
     from .methods.base import METHODS
 
@@ -296,17 +479,58 @@ def bench(
     if part:
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return
-    console.print(f"wrote {results / suite}/summary.json and report.md ({len(summary)} methods)")
+    console.print(f"wrote {results / suite}/summary.json and report.md ({len(summary)} methods)", highlight=False)
 
 
-def main() -> None:
+def _error(message: str, code: int) -> None:
     from rich.markup import escape
 
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI, turning every failure into one line on stderr.
+
+    Exit status: 0 done, 2 a mistake in the input (the line says how to fix it), 1 anything else (an
+    internal error; ``VIDEODIRECTOR_DEBUG=1`` shows its traceback), 130 interrupted by Ctrl-C."""
+    import click
+
+    install_interrupt_handler()
+    notices.reset()
+    notices.set_sink(lambda m: console.print(f"[yellow]warning:[/yellow] {_escape(m)}", highlight=False, soft_wrap=True))
     try:
-        app()
+        app(args=argv, prog_name="videodirector", standalone_mode=False)
     except UserError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error(str(exc), 2)
+    except click.exceptions.Abort:
+        _error("interrupted; nothing was written under a final name", 130)
+    except KeyboardInterrupt:
+        _error("interrupted; nothing was written under a final name", 130)
+    except click.exceptions.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx is not None else "videodirector"
+        _error(f"{exc.format_message()} (see '{cmd} --help')", 2)
+    except click.exceptions.ClickException as exc:
+        _error(exc.format_message(), 2)
+    except MemoryError:
+        _error("out of memory; use fewer --frames or a smaller --height/--width", 2)
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("VIDEODIRECTOR_DEBUG") == "1":
+            raise
+        text = " ".join(str(exc).split())[:300]
+        if "can't allocate memory" in text or "not enough memory" in text:
+            _error("out of memory; use fewer --frames or a smaller --height/--width", 2)
+        _error(f"internal error ({type(exc).__name__}: {text}); rerun with VIDEODIRECTOR_DEBUG=1 for the traceback "
+               "and please report it", 1)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        notices.set_sink(None)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(" ".join(text.split()))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ Two formats load through :func:`load_config`:
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +60,10 @@ class ModelConfig:
     Outputs agree within kernel rounding; ``benchmarks/edit_profile.py`` measures them."""
     channels_last: bool = False
     """Keep the UNet's convolution weights in channels-last memory format (CUDA speed option)."""
+    threads: int | None = None
+    """CPU threads for torch (``torch.set_num_threads``); None keeps torch's default (one per core). On a
+    busy or small machine 1 avoids oversubscription: under load a UNet forward took 5.6 s with 2 threads
+    against 0.53 s with 1."""
 
 
 @dataclass
@@ -326,12 +332,27 @@ def _block_weights(section: dict[str, Any], key: str) -> dict[str, float]:
     return {str(b): float(w) for b, w in zip(blocks, weights)}
 
 
+def resolve_official_path(p: str | None, base_dir: Path | None) -> str | None:
+    """An official YAML's path: as given when absolute or found from the working directory (where the
+    official script runs), else in ``base_dir`` when found there, else as given (the error will name it)."""
+    if p is None or p == "":
+        return None
+    q = Path(p).expanduser()
+    if q.is_absolute() or q.exists() or base_dir is None:
+        return str(q)
+    return str(base_dir / q) if (base_dir / q).exists() else str(q)
+
+
 def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditConfig:
     """Map an official VideoDirector editing YAML onto :class:`EditConfig` (spec §8).
 
-    Paths are resolved against ``base_dir`` (the YAML's folder). The official layout keeps masks
-    in ``<video dir>/sam2_mask/<video name>/``; that folder is used when it exists, else
-    ``<video dir>/masks``.
+    Paths resolve as the official script resolves them, against the working directory (it is run
+    from the repository root: ``python run_videodirector.py --config editing_config_yaml/x.yaml``);
+    a path that does not exist there is looked up in ``base_dir`` (the YAML's folder) next. The
+    official layout keeps masks in ``<video dir>/sam2_mask/<video name>/``; that folder is used when
+    it exists, else ``<video dir>/masks``. The keys ``seed``, ``H``, ``W`` and ``L`` that the official
+    script reads (defaults 42, 512, 512, 16) map to ``seed``, ``input.height``, ``input.width`` and
+    ``input.num_frames``.
     """
     d = dict(data)
     known = {
@@ -341,17 +362,14 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
         "multiframe_NT", "MutualSelfAttn_layers", "MutualSelfAttn_steps", "p2p_blend_word_base",
         "p2p_blend_word_new", "p2p_cross_is_replace_controller", "p2p_cross_replace_layers",
         "p2p_cross_replace_steps", "p2p_eq_params_words", "p2p_eq_params_values", "p2p_self_replace_steps",
-        "STDG_guide", "video_path", *OFFICIAL_KEYS_UNUSED,
+        "STDG_guide", "video_path", "seed", "H", "W", "L", *OFFICIAL_KEYS_UNUSED,
     }
     unknown = [k for k in d if k not in known]
     if unknown:
         raise ConfigError(f"unknown key '{unknown[0]}' in official VideoDirector config; known keys: {', '.join(sorted(known))}")
 
     def path(p: str | None) -> str | None:
-        if p is None:
-            return None
-        q = Path(p)
-        return str(q if q.is_absolute() or base_dir is None else (base_dir / q))
+        return resolve_official_path(p, base_dir)
 
     app = d.get("app_guidance", {}) or {}
     if app.get("block_type", "spatial") != "spatial":
@@ -375,12 +393,14 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
     blend_new = d.get("p2p_blend_word_new")
     mutual_steps = d.get("MutualSelfAttn_steps", [0, d.get("num_inference_step", 50)])
     out: dict[str, Any] = {
+        "seed": d.get("seed", 42),
         "model": {
             "single_file": path(d.get("dreambooth_path")),
             "motion_adapter": path(d.get("motion_module")) or DEFAULT_MOTION_ADAPTER,
             "official_model_config": path(d.get("model_config")),
         },
-        "input": {"video": video, "masks": masks, "ellipse_mask": d.get("using_ellipse_mask", True)},
+        "input": {"video": video, "masks": masks, "ellipse_mask": d.get("using_ellipse_mask", True),
+                  "height": d.get("H", 512), "width": d.get("W", 512), "num_frames": d.get("L", 16)},
         "prompts": {
             "source": d.get("inversion_prompt", ""),
             "target": d.get("new_prompt", ""),
@@ -447,34 +467,107 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ed
     return cfg
 
 
+MAX_FRAME_SIDE = 2048
+"""Largest frame side accepted: SD 1.5 at 2048² already needs 64× the memory of 512²."""
+MAX_SEED = 2**63 - 1
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_BLOCK = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)$")
+
+
+def _number(key: str, value: float | int | None, low: float, high: float, fix: str = "") -> None:
+    """``value`` must be a finite number in ``[low, high]``."""
+    if value is None:
+        return
+    if not math.isfinite(value) or not low <= value <= high:
+        hint = f"; {fix}" if fix else ""
+        raise ConfigError(f"{key}={value!r} is out of range: use a finite number from {low:g} to {high:g}{hint}")
+
+
 def validate(cfg: EditConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Every setting in range, before any work starts: non-finite, negative or absurd numbers would
+    otherwise yield a black or meaningless video (one line naming the setting and its range)."""
     i = cfg.input
-    if i.height % 8 or i.width % 8:
-        raise ConfigError(f"input.height and input.width must be multiples of 8, got {i.height}x{i.width}")
+    if i.height % 8 or i.width % 8 or not (64 <= i.height <= MAX_FRAME_SIDE and 64 <= i.width <= MAX_FRAME_SIDE):
+        raise ConfigError(f"input.height and input.width must be multiples of 8 from 64 to {MAX_FRAME_SIDE}, "
+                          f"got {i.height}x{i.width}; use e.g. --height 512 --width 512")
     if not 1 <= i.num_frames <= 32:
         raise ConfigError(
             f"input.num_frames={i.num_frames}: AnimateDiff's motion modules take 1 to 32 frames; use --frames 16"
         )
-    if len(cfg.stdg.coefficients) != 4:
-        raise ConfigError("stdg.coefficients must be 4 numbers [eta_f, eta_b, zeta_f, zeta_b]")
-    if len(cfg.prompts.equalizer_words) != len(cfg.prompts.equalizer_values):
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} is out of range: use an integer from 0 to 2**63-1 (default 42)")
+    m = cfg.model
+    if not _DEVICE.match(m.device):
+        raise ConfigError(f"model.device={m.device!r} is not a device this tool runs on: use auto, cpu, cuda or cuda:N")
+    if m.threads is not None and not 1 <= m.threads <= 1024:
+        raise ConfigError(f"model.threads={m.threads}: use a number of CPU threads from 1 to 1024 (--threads 1 on a busy machine)")
+    if m.dtype == "float16" and _runs_on_cpu(m.device):
+        raise ConfigError("--dtype float16 does not work on the CPU (the edit comes out black); "
+                          "use --dtype float32 (the CPU default) or run on a GPU")
+    p = cfg.prompts
+    if len(p.equalizer_words) != len(p.equalizer_values):
         raise ConfigError(
-            f"prompts.equalizer_words has {len(cfg.prompts.equalizer_words)} words but "
-            f"prompts.equalizer_values has {len(cfg.prompts.equalizer_values)} values; give one value per word"
+            f"prompts.equalizer_words has {len(p.equalizer_words)} words but "
+            f"prompts.equalizer_values has {len(p.equalizer_values)} values; give one value per word"
         )
-    if not 0.0 <= cfg.control.self_replace_steps <= 1.0 or not 0.0 <= cfg.control.cross_replace_steps <= 1.0:
-        raise ConfigError("control.self_replace_steps and control.cross_replace_steps are fractions in [0, 1]")
-    if cfg.inversion.num_steps < 1:
-        raise ConfigError("inversion.num_steps must be at least 1")
+    for k, v in enumerate(p.equalizer_values):
+        _number(f"prompts.equalizer_values[{k}] (--edit-weight)", v, 0.0, 20.0, "the official configs use 1 to 5")
+    _number("prompts.blend_threshold", p.blend_threshold, 0.0, 1.0)
+    inv = cfg.inversion
+    if not 1 <= inv.num_steps <= 1000:
+        raise ConfigError(f"inversion.num_steps={inv.num_steps}: use 1 to 1000 DDIM steps (--steps 50 is faithful)")
+    _number("inversion.guidance_scale", inv.guidance_scale, 0.0, 50.0, "the official value is 7.5")
+    if not 0 <= inv.null_inner_steps <= 1000:
+        raise ConfigError(f"inversion.null_inner_steps={inv.null_inner_steps}: use 0 to 1000 null-text iterations "
+                          "per step (--inner-steps 10 is faithful)")
+    _number("inversion.null_lr", inv.null_lr, 1e-8, 1.0, "the official value is 0.01")
+    _number("inversion.null_lr_decay", inv.null_lr_decay, 0.0, 1.0)
+    _number("inversion.early_stop_epsilon", inv.early_stop_epsilon, 0.0, 1.0)
+    _number("inversion.early_stop_slope", inv.early_stop_slope, 0.0, 1.0)
+    st = cfg.stdg
+    if len(st.coefficients) != 4:
+        raise ConfigError("stdg.coefficients must be 4 numbers [eta_f, eta_b, zeta_f, zeta_b]")
+    for k, v in enumerate(st.coefficients):
+        _number(f"stdg.coefficients[{k}] (--stdg)", v, 0.0, 100.0, "the official values are 0 to 0.5")
+    for key in ("temporal_block_weights", "appearance_block_weights"):
+        for block, w in getattr(st, key).items():
+            if not _BLOCK.match(block):
+                raise ConfigError(f"stdg.{key}: {block!r} is not a UNet block name; use up_blocks.N, down_blocks.N "
+                                  "or mid_block (official: up_blocks.1, up_blocks.2)")
+            _number(f"stdg.{key}.{block}", w, 0.0, 1e9)
+    if not 1 <= st.top_k <= i.num_frames:
+        raise ConfigError(f"stdg.top_k={st.top_k}: keep 1 to {i.num_frames} key frames (the frame count); "
+                          "the official value is 1")
+    _number("stdg.guidance_scale", st.guidance_scale, 0.0, 1000.0, "the official value is 1")
+    if st.threshold is not None:
+        _number("stdg.threshold", st.threshold, 1e-12, 1e12)
     c = cfg.control
+    _number("control.self_replace_steps (--tau-s)", c.self_replace_steps, 0.0, 1.0)
+    _number("control.cross_replace_steps (--tau-c)", c.cross_replace_steps, 0.0, 1.0)
     if c.mask_blend_renoise and not c.mask_blend:
         raise ConfigError("control.mask_blend_renoise needs control.mask_blend: add --mask-blend or drop --renoise")
-    if c.mask_blend_dilation < 0 or not 0.0 <= c.mask_blend_start <= 1.0:
-        raise ConfigError("control.mask_blend_dilation must be >= 0 and control.mask_blend_start a fraction in [0, 1]")
-    if cfg.stdg.top_k < 1:
-        raise ConfigError("stdg.top_k must be at least 1")
+    if not 0 <= c.mask_blend_dilation <= 64:
+        raise ConfigError(f"control.mask_blend_dilation={c.mask_blend_dilation}: use 0 to 64 latent pixels")
+    _number("control.mask_blend_start", c.mask_blend_start, 0.0, 1.0)
     for key in ("mutual_layers", "cross_layers"):
-        v = getattr(cfg.control, key)
-        if len(v) != 2 or v[0] > v[1]:
-            raise ConfigError(f"control.{key} must be [start, end) with start <= end, got {v}")
+        v = getattr(c, key)
+        if len(v) != 2 or not 0 <= v[0] <= v[1] <= 16:
+            raise ConfigError(f"control.{key} must be [start, end) with 0 <= start <= end <= 16 (the UNet's 16 "
+                              f"attention layers), got {v}")
+    if c.mutual_end_step is not None and not 0 <= c.mutual_end_step <= inv.num_steps:
+        raise ConfigError(f"control.mutual_end_step={c.mutual_end_step}: use a step from 0 to inversion.num_steps "
+                          f"({inv.num_steps})")
+    if c.sa1_max_tokens is not None and c.sa1_max_tokens < 1:
+        raise ConfigError("control.sa1_max_tokens must be at least 1 (or null for a quarter of the latent)")
+    if not 1 <= cfg.output.fps <= 240:
+        raise ConfigError(f"output.fps={cfg.output.fps}: use 1 to 240 frames per second (default 8)")
+
+
+def _runs_on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()

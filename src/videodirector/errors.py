@@ -31,3 +31,11 @@ class OutputExistsError(UserError):
 
 class DeviceOutOfMemoryError(UserError):
     """The accelerator ran out of memory; the message names the flags that help."""
+
+
+class CacheEntryError(UserError):
+    """An inversion cache entry that fails verification (truncated, edited or from other settings)."""
+
+
+class OutputLocationError(UserError):
+    """An output or cache location that cannot be written, or would lose files the tool did not write."""

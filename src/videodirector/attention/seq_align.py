@@ -22,8 +22,9 @@ def _norm(word: str) -> str:
     return word.strip(_PUNCT).lower()
 
 
-def word_token_indices(prompt: str, word: str, tokenizer) -> list[int]:  # noqa: ANN001
-    """Token positions (BOS = 0) of every occurrence of ``word`` in ``prompt``.
+def word_token_indices(prompt: str, word: str, tokenizer, limit: int | None = MAX_TOKENS) -> list[int]:  # noqa: ANN001
+    """Token positions (BOS = 0) of every occurrence of ``word`` in ``prompt``, below ``limit``
+    (the text encoder's 77 positions; None: every occurrence).
 
     Words are whitespace-separated and compared without surrounding punctuation and case
     (the official code compares raw ``split(" ")`` words, so "tiger" misses "tiger,"; spec §6.3).
@@ -42,15 +43,32 @@ def word_token_indices(prompt: str, word: str, tokenizer) -> list[int]:  # noqa:
         if _norm(w) == target:
             # keep only the tokens of the word itself, not attached punctuation
             out.extend(i + 1 for i in range(start, pos) if pieces[i].strip(_PUNCT))
-    return [i for i in out if i < MAX_TOKENS]
+    return [i for i in out if limit is None or i < limit]
 
 
 def require_words(prompt: str, words: list[str], tokenizer, what: str) -> None:  # noqa: ANN001
     """Raise a one-line :class:`UserError` when a configured word is not in the prompt."""
     for w in words:
-        if not word_token_indices(prompt, w, tokenizer):
-            raise UserError(f"{what} word {w!r} does not appear in the prompt {prompt!r}; "
-                            f"use a word of that prompt or remove it")
+        if word_token_indices(prompt, w, tokenizer):
+            continue
+        beyond = word_token_indices(prompt, w, tokenizer, limit=None)
+        if beyond:
+            raise UserError(f"{what} word {w!r} is at token {beyond[0]} of the prompt, past the text encoder's "
+                            f"{MAX_TOKENS}-token limit, so the model never sees it; shorten the prompt")
+        raise UserError(f"{what} word {w!r} does not appear in the prompt {prompt!r}; "
+                        f"use a word of that prompt or remove it")
+
+
+def unknown_words(prompt: str, tokenizer) -> list[str]:  # noqa: ANN001
+    """Words of ``prompt`` that ``tokenizer`` does not have as whole tokens (closed-vocabulary tokenizers,
+    such as the bundled ShapeWorld one, spell them letter by letter; the model never learnt them)."""
+    vocab = tokenizer.get_vocab()
+    out: list[str] = []
+    for w in prompt.split():
+        n = _norm(w)
+        if n and f"{n}</w>" not in vocab and n not in out:
+            out.append(n)
+    return out
 
 
 def global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, mismatch: int = -1) -> list[int]:

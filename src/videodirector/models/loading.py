@@ -17,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
+from ..config import DEFAULT_SD15, ModelConfig
 from ..diffusion.ddim import NoiseSchedule
 from ..errors import UserError, WeightsNotFoundError
 from .compile import compile_blocks
@@ -43,11 +46,18 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; a CUDA device that is not there is a one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(device)
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} asked for but only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+                        "use --device cuda:0")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -154,22 +164,115 @@ def _offline(cfg: ModelConfig) -> bool:
     return cfg.local_files_only or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
+WEIGHT_SUFFIXES = {".ckpt", ".safetensors", ".pt", ".pth", ".bin"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SD15_SUBFOLDERS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                   "tokenizer": "vocab.json"}
+
+
+def is_hub_id(ident: str) -> bool:
+    """``owner/name`` that is not a local path (a local path is tried first wherever both could be meant)."""
+    return bool(_HUB_ID.match(ident)) and not Path(ident).expanduser().exists()
+
+
+def hub_endpoint() -> str:
+    """The model hub's address, as ``huggingface_hub`` will use it (``HF_ENDPOINT`` overrides it)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub (or to the HTTPS proxy, when one is set) opens within ``timeout``
+    seconds. Without it, ``from_pretrained`` retries for minutes before failing."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy if proxy else hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def in_hub_cache(repo_id: str, files: list[str]) -> bool:
+    """Every file of ``files`` is in the local Hugging Face cache for ``repo_id``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(isinstance(try_to_load_from_cache(repo_id, f), str) for f in files)
+
+
+def check_local_sd15(folder: Path, flag: str = "base", needs_weights: bool = True) -> None:
+    """One line naming what is wrong with a local SD 1.5 diffusers folder: a file instead of a folder, an
+    empty folder, a missing component config, or a component without weights."""
+    fetch = f"download it with 'hf download {DEFAULT_SD15} --local-dir {folder}'"
+    if folder.is_file():
+        if folder.suffix in WEIGHT_SUFFIXES:
+            raise WeightsNotFoundError(f"--{flag} {folder} is a single checkpoint file; --{flag} takes a diffusers "
+                                       "folder or a hub id: pass the file as --single-file FILE instead")
+        raise WeightsNotFoundError(f"--{flag} {folder} is a file; give a diffusers SD 1.5 folder (unet/ vae/ "
+                                   "text_encoder/ tokenizer/) or a hub id")
+    if not any(folder.iterdir()):
+        raise WeightsNotFoundError(f"the folder {folder} given as --{flag} is empty; {fetch}")
+    for sub, marker in SD15_SUBFOLDERS.items():
+        if not (folder / sub / marker).is_file():
+            raise WeightsNotFoundError(f"{folder} is not a diffusers SD 1.5 folder: {sub}/{marker} is missing; {fetch}")
+        if needs_weights and sub != "tokenizer" and not any(
+                q.suffix in {".safetensors", ".bin"} for q in (folder / sub).iterdir()):
+            raise WeightsNotFoundError(f"{folder / sub} has a config but no weights (.safetensors); {fetch}")
+
+
 def _download_hint(name: str, ident: str) -> str:
-    if Path(ident).suffix in {".ckpt", ".safetensors", ".pt", ".pth", ".bin"}:
+    if Path(ident).suffix in WEIGHT_SUFFIXES:
         return f"put the file at {ident} or pass another path"
+    if not is_hub_id(ident):
+        return f"check the folder {ident} or download the weights again"
     return f"run 'hf download {ident} --local-dir DIR' on a machine with internet, then pass DIR as --{name}"
 
 
 def _load(what: str, flag: str, ident: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+    """Call a ``from_pretrained``-like ``fn``; a missing or unreadable file becomes one line naming it."""
     try:
         return fn(*args, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        if isinstance(exc, ValueError) and "not found" not in str(exc).lower() and "no file" not in str(exc).lower():
+    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
+        missing = isinstance(exc, OSError) or "not found" in text.lower() or "no file" in text.lower()
+        if not missing and not _corrupt(exc):
             raise
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise WeightsNotFoundError(
-            f"cannot load {what} from {ident!r} ({first}); {_download_hint(flag, ident)}"
-        ) from None
+        problem = "cannot find" if missing and not _corrupt(exc) else "cannot read (corrupt or truncated file?)"
+        raise WeightsNotFoundError(f"{problem} {what} in {ident!r} ({first}); {_download_hint(flag, ident)}") from None
+
+
+def _corrupt(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(k in text for k in ("safetensor", "header", "deserializ", "unpickl", "corrupt", "invalid load key",
+                                   "incomplete", "eof", "size mismatch", "zip"))
+
+
+def check_weights_reachable(cfg: ModelConfig) -> None:
+    """Fail in seconds, not minutes, when weights named by hub id cannot be had: no network and not in the
+    local cache. With no network but a cached copy, the cached copy is used (a one-line notice)."""
+    if _offline(cfg):
+        return
+    ids = []
+    if is_hub_id(cfg.base):
+        ids.append(("base", cfg.base, ["unet/config.json", "vae/config.json", "text_encoder/config.json",
+                                       "tokenizer/vocab.json"]))
+    if is_hub_id(cfg.motion_adapter):
+        ids.append(("motion-adapter", cfg.motion_adapter, ["config.json"]))
+    if not ids or hub_reachable():
+        return
+    for flag, ident, files in ids:
+        if not in_hub_cache(ident, files):
+            raise WeightsNotFoundError(
+                f"cannot reach the model hub ({hub_endpoint()}) to download {ident} (--{flag}), and it is not in the "
+                f"local cache; connect to the internet, or run 'hf download {ident} --local-dir DIR' elsewhere and pass "
+                "DIR, or try the bundled ShapeWorld models with --bundled")
+    from ..notices import warn
+
+    warn("no network: using the cached copies of " + ", ".join(i for _, i, _ in ids) + " (offline)")
+    cfg.local_files_only = True
 
 
 def load_models(cfg: ModelConfig) -> ModelBundle:
@@ -179,14 +282,20 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    offline = _offline(cfg)
-    kw = {"local_files_only": offline}
     base = cfg.base
     if Path(base).expanduser().exists():
         base = str(Path(base).expanduser())
-    elif base.startswith((".", "/", "~")) or base.count("/") != 1:
+        check_local_sd15(Path(base), needs_weights=not cfg.single_file)
+    elif not is_hub_id(base):
         raise WeightsNotFoundError(f"SD 1.5 weights not found at {cfg.base!r}; pass a diffusers folder or a hub id "
-                                   f"such as stable-diffusion-v1-5/stable-diffusion-v1-5 as --base")
+                                   f"such as {DEFAULT_SD15} as --base")
+    ap = Path(cfg.motion_adapter).expanduser()
+    if ap.is_dir() and not (ap / "config.json").is_file():
+        raise WeightsNotFoundError(f"{ap} is not a diffusers motion adapter folder (config.json is missing); give the "
+                                   "folder, a hub id or the original v3_sd15_mm.ckpt as --motion-adapter")
+    check_weights_reachable(cfg)
+    offline = _offline(cfg)
+    kw = {"local_files_only": offline}
     tokenizer = _load("the tokenizer", "base", base, CLIPTokenizer.from_pretrained, base, subfolder="tokenizer", **kw)
     if cfg.single_file:
         sf = Path(cfg.single_file).expanduser()
@@ -203,13 +312,15 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
         text_encoder = _load("the text encoder", "base", base, CLIPTextModel.from_pretrained, base,
                              subfolder="text_encoder", **kw)
     adapter_id = cfg.motion_adapter
-    ap = Path(adapter_id).expanduser()
     if ap.is_file():
         adapter = _load("the motion adapter", "motion-adapter", str(ap), MotionAdapter.from_single_file, str(ap), **kw)
     elif ap.exists():
         adapter = _load("the motion adapter", "motion-adapter", str(ap), MotionAdapter.from_pretrained, str(ap), **kw)
-    elif ap.suffix in {".ckpt", ".safetensors", ".pt", ".pth"}:
+    elif ap.suffix in WEIGHT_SUFFIXES:
         raise WeightsNotFoundError(f"motion adapter checkpoint not found: {ap}; {_download_hint('motion-adapter', str(ap))}")
+    elif not is_hub_id(adapter_id):
+        raise WeightsNotFoundError(f"motion adapter not found at {adapter_id!r}; pass a diffusers folder, the original "
+                                   f"v3_sd15_mm.ckpt or a hub id such as guoyww/animatediff-motion-adapter-v1-5-3")
     else:
         adapter = _load("the motion adapter", "motion-adapter", adapter_id, MotionAdapter.from_pretrained, adapter_id, **kw)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
