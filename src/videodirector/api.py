@@ -150,7 +150,7 @@ class Editor:
             words = [w for prompt in (p.source, target_prompt or p.target) for w in unknown_words(prompt, tok)]
             if words:
                 warn(f"the models' tokenizer does not know {', '.join(repr(w) for w in dict.fromkeys(words))}: the "
-                     "bundled ShapeWorld models only know ShapeWorld scenes (coloured shapes moving on plain, striped, "
+                     "bundled ShapeWorld models only know ShapeWorld scenes (coloured shapes moving on striped, "
                      "checkered or gradient backgrounds); use real weights (--base, --motion-adapter) for real footage")
         require_words(target_prompt or p.target, p.equalizer_words, tok, "edit")
         require_words(p.source, p.blend_words_source, tok, "local-blend source")
