@@ -1,8 +1,18 @@
 """Shared fixtures: tiny random AnimateDiff-architecture models in the SD 1.5 layout, saved with
-``save_pretrained`` and loaded through the real loader (no network)."""
+``save_pretrained`` and loaded through the real loader (no network).
+
+Also the rounding yardstick of the ``numerics`` tests. Two float32 computations of the same quantity
+(another batch layout, another kernel, another code path) agree only up to rounding, and how much
+rounding depends on the CPU, its vector width, the thread count and the kernels picked per batch size.
+So those tests do not compare against fixed tolerances: they measure, at run time and on the CPU at
+hand, how far the float32 result of the computation lies from the same computation in float64
+(:func:`float64_twin`, :func:`assert_within_rounding`), and allow a stated multiple of that.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,6 +23,45 @@ from videodirector.models.factory import save_tiny_random
 from videodirector.models.loading import load_models
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+EPS32 = torch.finfo(torch.float32).eps
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "numerics: compares two float computations (batch layouts, kernels, code paths) within a "
+        "rounding yardstick measured at run time; CI runs these with OMP_NUM_THREADS=1 as well")
+
+
+def float64_twin(models):  # noqa: ANN001, ANN201
+    """``models`` with the UNet and the VAE copied to float64 (the text encoder stays, its output is cast).
+
+    ``|x32 - x64|`` is then the float32 rounding of a computation ``x``, the yardstick of the numerics tests.
+    ``encode_video`` returns the float32 bundle's latents, so that both draw the same posterior sample
+    (``randn`` draws other numbers in float64) and differ in arithmetic precision only."""
+    twin = dataclasses.replace(models, unet=copy.deepcopy(models.unet).double(),
+                               vae=copy.deepcopy(models.vae).double(), dtype=torch.float64)
+    twin.encode_video = lambda frames, generator=None, sample=True: models.encode_video(frames, generator, sample).double()
+    return twin
+
+
+def _size(x: torch.Tensor, norm: bool) -> float:
+    x = x.detach().double()
+    return float(x.norm() if norm else x.abs().max())
+
+
+def assert_within_rounding(got: torch.Tensor, want: torch.Tensor, x32: torch.Tensor, x64: torch.Tensor, k: float,
+                           norm: bool = False, what: str = "", eps: float = EPS32) -> tuple[float, float]:
+    """``|got - want| <= k · yardstick``, the yardstick being ``|x32 - x64|``: the float32 rounding of a
+    computation ``x`` (one of the two compared, or the same computation on the same inputs) measured
+    against float64, floored at one ulp (``eps``) of ``x64``. Any pair of computations of one quantity that
+    differ by rounding only can serve as ``x32``, ``x64`` (with ``eps=EPS64`` for a float64 pair). Sizes are
+    max-abs, or L2 norms with ``norm`` (steadier over long trajectories). Returns ``(gap, yardstick)``."""
+    gap = _size(got - want, norm)
+    yard = max(_size(x32.double() - x64, norm), eps * _size(x64, norm))
+    print(f"YARD {what}: gap {gap:.3g} yard {yard:.3g} ratio {gap / yard:.3g}")  # TEMP
+    assert gap <= k * yard, f"{what}: |got - want| = {gap:.3g} exceeds {k} x the float32 rounding yardstick {yard:.3g}"
+    return gap, yard
 
 
 @pytest.fixture(scope="session")

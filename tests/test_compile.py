@@ -8,11 +8,12 @@ gradients equal the eager ones. Kernel speed is measured on the GPU by ``benchma
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from conftest import toy_inputs
+from conftest import assert_within_rounding, float64_twin, toy_inputs
 from videodirector.attention.control import FeatureRecorder, RecordingProcessor
 from videodirector.attention.processors import installed
 from videodirector.config import apply_overrides
@@ -31,6 +32,7 @@ def _guidance(vd: VideoDirector, z: torch.Tensor, z_ref: torch.Tensor, cond: tor
                              masks_by_tokens(masks, tuple(z.shape[-2:])), setup)
 
 
+@pytest.mark.numerics
 def test_compiled_blocks_equal_eager_without_graph_breaks_or_eager_fallback(tiny_cfg):
     cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 4})
     m = load_models(cfg.model)
@@ -40,17 +42,19 @@ def test_compiled_blocks_equal_eager_without_graph_breaks_or_eager_fallback(tiny
     g = torch.Generator().manual_seed(1)
     z, z_ref = torch.randn(2, 1, 4, 16, 8, 8, generator=g)
     cond = m.encode_prompt([source]).expand(16, -1, -1)
-    phi = m.encode_prompt([""]).expand(16, -1, -1).clone().requires_grad_(True)
+    phi0 = m.encode_prompt([""]).expand(16, -1, -1)
 
-    def null_text_grad() -> tuple[torch.Tensor, torch.Tensor]:
-        phi.grad = None
-        eps = m.eps(z, 601, phi)
+    def null_text_grad(models=m) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        phi = phi0.to(models.dtype).clone().requires_grad_(True)
+        eps = models.eps(z, 601, phi)
         eps.square().mean().backward()
-        return eps.detach(), phi.grad.clone()
+        return eps.detach(), phi.grad
 
     inversion = vd.invert(frames, masks, source)
     eager = {"edit": vd.edit(inversion, target).latents, "null": null_text_grad(),
              "stdg": _guidance(vd, z, z_ref, cond, masks)}
+    m64 = float64_twin(m)  # the yardstick: the eager computations in float64
+    eager64 = {"edit": VideoDirector(m64, cfg).edit(inversion, target).latents, "null": null_text_grad(m64)}
 
     graphs: list[int] = []
 
@@ -69,10 +73,12 @@ def test_compiled_blocks_equal_eager_without_graph_breaks_or_eager_fallback(tiny
         vd.invert(frames, masks, source)  # the whole stage 1 compiled too: no recompile-limit error
     assert graphs, "no block was compiled"
     assert not counters["graph_break"], dict(counters["graph_break"])
-    torch.testing.assert_close(got["edit"], eager["edit"], rtol=1e-4, atol=1e-4)
-    for a, b in zip(got["null"], eager["null"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    for a, b in zip(got["stdg"], eager["stdg"]):  # recording forwards run eagerly: exactly equal
+    # aot_eager runs the blocks' ATen ops after functionalisation: compiled and eager agree up to rounding.
+    # Measured |compiled - eager| / |eager32 - eager64|: edit (L2) 0, eps 0, grad 0 (max-abs; 1 and 2 threads)
+    assert_within_rounding(got["edit"], eager["edit"], eager["edit"], eager64["edit"], k=10, norm=True, what="edit")
+    for name, a, b, b64 in zip(("eps", "grad"), got["null"], eager["null"], eager64["null"]):
+        assert_within_rounding(a, b, b, b64, k=10, what=f"null-text {name}")
+    for a, b in zip(got["stdg"], eager["stdg"]):  # recording forwards run the same eager ops: exactly equal
         assert torch.equal(a, b)
     torch._dynamo.reset()
 

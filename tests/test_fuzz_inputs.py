@@ -146,7 +146,7 @@ CASES: dict[str, Case] = {
     "video truncated": Case(lambda d, b: _set(b, "--video", _truncated_mp4(d)), "refused", "cut.mp4"),
     "video is a fifo": Case(lambda d, b: _set(b, "--video", _fifo(d, "pipe.mp4")), "refused", "not a regular file"),
     "video unsupported format": Case(lambda d, b: _set(b, "--video", _file(d, "v.txt", b"x")), "refused",
-                                     "unsupported video format"),
+                                     "not a video"),
     "video folder without frames": Case(lambda d, b: _set(b, "--video", str(_masks(d, "empty_dir", 0))), "refused",
                                         "no image frames"),
     "video frames of two sizes": Case(lambda d, b: _set(b, "--video", _frames_folder(d, [64] * 8 + [32] * 8)),
@@ -163,7 +163,7 @@ CASES: dict[str, Case] = {
                                   "mask size 8x8 differs"),
     "masks all empty": Case(lambda d, b: _set(b, "--masks", _masks(d, "m0", 16, value=0)), "refused", "empty"),
     "masks folder without images": Case(lambda d, b: _set(b, "--masks", _masks(d, "mnone", 0)), "refused",
-                                        "no mask images"),
+                                        "no image masks"),
     "masks is a fifo": Case(lambda d, b: _set(b, "--masks", _fifo(d, "mpipe")), "refused", "not a regular file"),
     "mask blend without masks": Case(lambda d, b: [*_set(b, "--masks", None), "--mask-blend"], "refused",
                                      "the mask blend needs masks"),
@@ -219,10 +219,10 @@ CASES: dict[str, Case] = {
                                    "cannot reach the model hub"),
     # ---------------------------------------------------------------- outputs
     "out is an existing file": Case(lambda d, b: [*_set(b, "--out", _file(d, "result.mp4", b"mine")), "--overwrite"],
-                                    "refused", "is a file"),
+                                    "refused", "is an existing file"),
     "out holds the user's files": Case(_user_folder_as_out, "refused", "holiday.mp4"),
     "out is the working directory": Case(lambda d, b: [*_set(b, "--out", "."), "--overwrite"], "refused",
-                                         "working directory"),
+                                         "is the current folder"),
     "out under a file": Case(_out_under_file, "refused", "notes.txt"),
     "out exists without overwrite": Case(_existing_output, "refused", "--overwrite"),
     "cache dir is a file": Case(lambda d, b: _set(b, "--cache-dir", _file(d, "cachefile", b"x")), "refused",
@@ -312,20 +312,20 @@ CACHE_DAMAGE: dict[str, Callable[[Path], None]] = {
 def test_damaged_cache_entry_is_named_and_rebuilt(damage: str, workspace: Path, tiny_paths, capsys):
     d = workspace
     args = _base(d, tiny_paths)
-    code, lines = run_cli(["invert", *args[1:args.index("--out")], "--cache-dir", str(d / "cache")], capsys)
+    code, lines = run_cli(["invert", *_set(_set(args, "--target-prompt", None), "--out", None)[1:]], capsys)
     assert code == 0, lines
     (entry,) = [p for p in (d / "cache").iterdir() if not p.name.startswith(".")]
     CACHE_DAMAGE[damage](entry)
     before = {k: v for k, v in _sha(d).items() if not k.startswith("cache")}
     code, lines = run_cli(args, capsys)
     assert code == 0, lines
-    warnings = [line for line in lines if line.startswith("warning:")]
+    warnings = [line for line in lines if line.startswith("warning:") and "cache" in line]
     assert len(warnings) == 1 and entry.name in warnings[0] and "again" in warnings[0], lines
     assert not any("Traceback" in line or line.startswith("error:") for line in lines), lines
     assert (d / "out" / "edited.mp4").is_file()
     # the entry was rebuilt: a second edit reads it without a warning
     code, lines = run_cli([*_set(args, "--out", str(d / "out2"))], capsys)
-    assert code == 0 and not [line for line in lines if line.startswith("warning:")], lines
+    assert code == 0 and not [line for line in lines if line.startswith("warning:") and "cache" in line], lines
     after = _sha(d)
     assert {k: after.get(k) for k in before} == before
 
@@ -337,8 +337,10 @@ def _cli_process(argv: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.4, 1.5, 4.0])
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.7, 1.0, 1.5, 2.5, 4.0])
 def test_ctrl_c_always_stops_the_run(delay: float, workspace: Path, tiny_paths):
+    """Ctrl-C at any moment of start-up and of the run stops it: status 130 and one line. Before Python
+    itself has started (the first few tens of ms) the signal's default action ends the process (-2)."""
     d = workspace
     proc = _cli_process(_base(d, tiny_paths), d)
     time.sleep(delay)
@@ -349,10 +351,10 @@ def test_ctrl_c_always_stops_the_run(delay: float, workspace: Path, tiny_paths):
         proc.kill()
         pytest.fail(f"Ctrl-C after {delay} s did not stop the run")
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:")]
-    if proc.returncode == 0:  # finished before the signal arrived: nothing to check
-        pytest.skip("the run ended before Ctrl-C")
-    assert proc.returncode == 130, err
-    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)  # never 0: the run did not go on
+    if proc.returncode == 130:
+        assert len(lines) == 1 and "interrupted" in lines[0], err
+    assert "Traceback" not in err, err
     assert not (d / "out").exists()
 
 

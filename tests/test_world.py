@@ -1,5 +1,9 @@
 from pathlib import Path
+
+import pytest
 import torch
+
+from conftest import EPS32
 
 from videodirector.api import BUNDLED_WEIGHTS, bundled_model_config
 from videodirector.bench.runner import run_case, shapeworld_suite
@@ -24,7 +28,7 @@ def test_ground_truth_edits_change_only_what_they_name():
         vt, mt = (x[0] for x in render(t))
         # one pixel beyond the masks: the anti-aliasing ramp of the edge
         outside = ~torch.nn.functional.max_pool2d((m | mt).float(), 3, 1, 1).bool()
-        assert (vt - v).abs()[outside.expand_as(v)].max() < 1e-6
+        assert (vt - v).abs()[outside.expand_as(v)].max() < 1e-6  # measured 0: the same background ops
         assert (vt - v).abs().max() > 0.1
         assert t.centres_and_radii()[0].tolist() == s.centres_and_radii()[0].tolist()
     t = s.edited(background="orange" if s.background != "orange" else "teal")
@@ -310,6 +314,7 @@ def test_methods_that_invert_alike_share_one_inversion_and_score_the_same(monkey
     assert (frames_shared == frames_alone).all()
 
 
+@pytest.mark.numerics
 def test_motion_probe_adds_its_weighted_cross_entropy_to_the_diffusion_loss(tmp_path):
     """``_diffusion_loss`` with the caption-motion probe = the same loss without it + weight x the probe's
     cross-entropy (same seed, so the same dropped captions, timesteps and noise)."""
@@ -333,9 +338,12 @@ def test_motion_probe_adds_its_weighted_cross_entropy_to_the_diffusion_loss(tmp_
                                                    probe=probe if with_probe else None, labels=labels)))
     ce = float(tr.last_probe_loss)
     assert 1.0 < ce < 4.0  # an untrained 10-way read-out: about ln 10
-    assert abs(losses[1] - (losses[0] + 0.5 * ce)) < 1e-5
+    # the same ops on the same draws, then one float32 addition: equal up to half an ulp of the sum. Measured
+    # 0.18 (AVX512) and 0.22 (default kernels) x eps32 |loss| (|loss| ~ 23), 1 and 2 threads
+    assert abs(losses[1] - (losses[0] + 0.5 * ce)) <= 8 * EPS32 * abs(losses[1]), (losses, ce)
 
 
+@pytest.mark.numerics
 def test_direction_preference_is_zero_for_a_caption_blind_model_and_large_for_one_that_knows():
     import math
 
@@ -366,7 +374,9 @@ def test_direction_preference_is_zero_for_a_caption_blind_model_and_large_for_on
     blind = direction_preference(encode, lambda z, t, caps: 0.9 * z, schedule, n=4)
     assert blind == {"t=700": 0.0, "t=900": 0.0, "mean": 0.0}
     pref = direction_preference(encode, knows, schedule, n=4)
-    assert abs(pref["mean"] - (0.25 - 0.01) / 0.01) < 1e-3  # ((0.5-1)^2 - (1.1-1)^2) / (1.1-1)^2 = 24
+    # ((0.5-1)^2 - (1.1-1)^2) / (1.1-1)^2 = 24, up to float32 rounding of the re-derived noise over a 10x
+    # smaller difference: measured 1.1e-5 (AVX512, AVX2) and 1.2e-5 (default kernels), 1e-3 is 80x that
+    assert abs(pref["mean"] - (0.25 - 0.01) / 0.01) < 1e-3
 
 
 def test_world_check_scores_the_weights_it_is_given(tmp_path, capsys):

@@ -218,6 +218,15 @@ def _preflight(out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], 
         check_cache_location(cache_dir or default_cache_dir())
 
 
+def _require_prompts(cfg: Any, target: bool) -> None:
+    from .errors import InputError
+
+    if not cfg.prompts.source.strip():
+        raise InputError("no source prompt; pass --source-prompt describing the input video")
+    if target and not cfg.prompts.target.strip():
+        raise InputError("no target prompt; pass --target-prompt with the edited description")
+
+
 def _d(text: str, default: Any) -> str:
     """Help text with its default, written the way typer writes the defaults it shows itself."""
     return f"{text} \\[default: {default}]"
@@ -312,6 +321,7 @@ def edit(
     contact_sheet.png and result.json (with the reconstruction PSNR)."""
     _threads(threads)
     cfg = _config(config, _overrides(**locals()))
+    _require_prompts(cfg, target=True)
     _preflight(out, overwrite, cache_dir, use_cache=not no_cache)
     from .api import Editor, load_inputs
 
@@ -350,6 +360,7 @@ def invert(
     video, masks, prompt, model and settings; later 'edit' runs with new target prompts reuse it."""
     _threads(threads)
     cfg = _config(config, _overrides(**locals()))
+    _require_prompts(cfg, target=False)
     _preflight(None, False, cache_dir)
     from .api import Editor, load_inputs
 
@@ -494,23 +505,25 @@ def main(argv: list[str] | None = None) -> None:
 
     Exit status: 0 done, 2 a mistake in the input (the line says how to fix it), 1 anything else (an
     internal error; ``VIDEODIRECTOR_DEBUG=1`` shows its traceback), 130 interrupted by Ctrl-C."""
-    import click
-
+    usage_errors, click_errors, aborts = _click_exception_types()
     install_interrupt_handler()
     notices.reset()
     notices.set_sink(lambda m: console.print(f"[yellow]warning:[/yellow] {_escape(m)}", highlight=False, soft_wrap=True))
     try:
-        app(args=argv, prog_name="videodirector", standalone_mode=False)
+        status = app(args=argv, prog_name="videodirector", standalone_mode=False)
+        check_interrupt()
+        if status == 130:  # typer turns a KeyboardInterrupt inside a command into this status
+            raise KeyboardInterrupt
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except UserError as exc:
         _error(str(exc), 2)
-    except click.exceptions.Abort:
+    except (KeyboardInterrupt, *aborts):
         _error("interrupted; nothing was written under a final name", 130)
-    except KeyboardInterrupt:
-        _error("interrupted; nothing was written under a final name", 130)
-    except click.exceptions.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx is not None else "videodirector"
+    except usage_errors as exc:
+        cmd = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "videodirector"
         _error(f"{exc.format_message()} (see '{cmd} --help')", 2)
-    except click.exceptions.ClickException as exc:
+    except click_errors as exc:
         _error(exc.format_message(), 2)
     except MemoryError:
         _error("out of memory; use fewer --frames or a smaller --height/--width", 2)
@@ -525,6 +538,24 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         notices.set_sink(None)
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Usage errors, other click errors and aborts, from click and from the copy of click that newer typer
+    releases carry inside them."""
+    import importlib
+
+    usage, other, aborts = [], [], []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.UsageError)
+        other.append(mod.ClickException)
+        if hasattr(mod, "Abort"):
+            aborts.append(mod.Abort)
+    return tuple(usage), tuple(other), tuple(aborts)
 
 
 def _escape(text: str) -> str:

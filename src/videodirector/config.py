@@ -44,6 +44,12 @@ class ModelConfig:
     """Optional community SD 1.5 checkpoint (e.g. RealisticVision ``.safetensors``); ``base`` supplies its config."""
     official_model_config: str | None = None
     """The official repo's ``model_config.yaml`` path; recorded only: its AnimateDiff v3 layout is what the adapter config gives."""
+    motion_norm: Literal["auto", "per_frame", "joint"] = "auto"
+    """GroupNorm of the motion modules (``models.motion_norm``): ``per_frame`` as the original AnimateDiff
+    module and the official code (``(b f) c h w``), ``joint`` over all frames as diffusers'
+    ``AnimateDiffTransformer3D``; ``auto`` by the weights: original AnimateDiff adapters (hub id, ``.ckpt``)
+    per frame, a local adapter folder as its model card says (``"motion_norm"`` in ``training.json``
+    beside it; the bundled ShapeWorld models: joint), per frame without a card."""
     local_files_only: bool = False
     """Never touch the network (also set by ``HF_HUB_OFFLINE=1``)."""
     device: str = "auto"
@@ -102,6 +108,9 @@ class PromptConfig:
     blend_words_target: list[str] = field(default_factory=list)
     blend_threshold: float = 0.3
     """Local-blend mask threshold on the normalised cross-attention map (prompt-to-prompt default)."""
+    blend_start: float = 0.2
+    """Fraction of the edit steps before the local blend acts: it blends from step ``int(T * blend_start)``
+    on (prompt-to-prompt's ``LocalBlend(start_blend=0.2)``); the maps are accumulated from step 0."""
 
 
 @dataclass
@@ -146,20 +155,29 @@ class STDGConfig:
     """Key frames kept per (pixel, head, query frame) in the temporal map (official hard-coded 1)."""
     appearance_loss: Literal["mean_key", "per_token"] = "mean_key"
     """``mean_key``: MSE of mask-pooled mean keys per frame (official code); ``per_token``: paper Eq. 3."""
+    appearance_layers: Literal["spatial", "temporal"] = "spatial"
+    """Whose keys the appearance term (Eq. 3) compares: ``spatial`` self-attention ``attn1`` keys (official
+    ``app_guidance.block_type: spatial``, every shipped config) or the motion modules' ``temporal``
+    attention keys (official ``block_type: temp``, ``get_temp_attn_key``), in the blocks of
+    ``appearance_block_weights``, each key laid out per frame ``(F, h·w, C)`` before mask pooling."""
     guidance_scale: float = 1.0
     """Scale of G in the direction term (official ``grad_guidance_scale``)."""
     threshold: float | None = None
-    """Optional clamp of |G| (official ``grad_guidance_threshold``; the official code never applies it)."""
+    """Optional clamp of G to ``[-threshold, threshold]``, in both the fast and the reference-cost path. Not
+    mapped from official YAMLs: their ``grad_guidance_threshold`` is never applied by the official code."""
 
 
 @dataclass
 class ControlConfig:
     """Stage 2: attention control (paper Eqs. 6-7)."""
 
-    self_replace_steps: float = 0.4
-    """tau_s: SA-I on steps ``[0, int(T tau_s))``, SA-II after."""
-    cross_replace_steps: float = 0.8
-    """tau_c: cross-attention control on steps ``[0, int((T + 1) tau_c))`` (prompt-to-prompt's alpha table)."""
+    self_replace_steps: float | list[float] = 0.4
+    """tau_s: SA-I on steps ``[0, int(T tau_s))``, SA-II after. A window ``[start, end]`` (fractions, as the
+    official ``MutualSelfAttention_p2p`` and prompt-to-prompt accept): SA-I on ``[int(T start), int(T end))``,
+    SA-II from ``int(T end)`` on."""
+    cross_replace_steps: float | list[float] = 0.8
+    """tau_c: cross-attention control on steps ``[0, int((T + 1) tau_c))`` (prompt-to-prompt's alpha table);
+    a window ``[start, end]``: on ``[int((T + 1) start), int((T + 1) end))`` (``update_alpha_time_word``)."""
     sa1: bool = True
     sa2: bool = True
     cross: bool = True
@@ -316,6 +334,8 @@ OFFICIAL_KEYS_UNUSED = {
     "function_type": "MotionClone leftover, read by nothing",
     "cross_attn_mask_tr_app": "MotionClone compute_cross_attn_mask threshold, never called",
     "cross_attn_mask_tr_example": "MotionClone compute_cross_attn_mask threshold, never called",
+    "grad_guidance_threshold": "the clamp exists only in the unused calculate_STDG, which overwrites it with None "
+                               "(spec §4.5); the masked STDG path never applies it, so stdg.threshold stays unset",
 }
 OFFICIAL_SIGNATURE = {"inversion_prompt", "new_prompt", "STDG_guide"}
 
@@ -372,8 +392,11 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
         return resolve_official_path(p, base_dir)
 
     app = d.get("app_guidance", {}) or {}
-    if app.get("block_type", "spatial") != "spatial":
-        raise ConfigError("config key 'app_guidance.block_type': only 'spatial' is supported (the official default)")
+    # official get_spatial_attn1_key (spatial, every shipped config) or get_temp_attn_key (temp)
+    app_layers = {"spatial": "spatial", "temp": "temporal"}.get(app.get("block_type", "spatial"))
+    if app_layers is None:
+        raise ConfigError(f"config key 'app_guidance.block_type' must be 'spatial' or 'temp', "
+                          f"got {app.get('block_type')!r}")
     extra_app = set(app) - {"block_type", "blocks", "weight_each", "cross_attn_blocks", "cross_attn_mask_tr_app", "cross_attn_mask_tr_example"}
     if extra_app:
         raise ConfigError(f"unknown key 'app_guidance.{sorted(extra_app)[0]}' in official VideoDirector config")
@@ -389,8 +412,12 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
         if masks is None:
             masks = str(vp.parent / "sam2_mask" / vp.stem)
 
-    blend_base = d.get("p2p_blend_word_base")
-    blend_new = d.get("p2p_blend_word_new")
+    if d.get("p2p_blend_word_base") is not None or d.get("p2p_blend_word_new") is not None:
+        # official: LocalBlend is built but controller.step_callback is never called in editing_pipe (spec §6.3)
+        from .notices import warn
+
+        warn("the official config names local-blend words (p2p_blend_word_base/new), but the official code never "
+             "applies the blend, so neither does this run; set prompts.blend_words_source/target to blend")
     mutual_steps = d.get("MutualSelfAttn_steps", [0, d.get("num_inference_step", 50)])
     out: dict[str, Any] = {
         "seed": d.get("seed", 42),
@@ -407,8 +434,6 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
             "negative": d.get("negative_prompt", "") or "",
             "equalizer_words": [str(w) for w in d.get("p2p_eq_params_words", []) or []],
             "equalizer_values": d.get("p2p_eq_params_values", []) or [],
-            "blend_words_source": [blend_base] if isinstance(blend_base, str) else list(blend_base or []),
-            "blend_words_target": [blend_new] if isinstance(blend_new, str) else list(blend_new or []),
         },
         "inversion": {
             "num_steps": d.get("num_inference_step", 50),
@@ -421,8 +446,8 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
             "coefficients": d.get("STDG_guide", [0.5, 0.5, 0.0, 0.5]),
             "temporal_block_weights": _block_weights(temp, "temp_guidance"),
             "appearance_block_weights": _block_weights(app, "app_guidance"),
+            "appearance_layers": app_layers,
             "guidance_scale": d.get("grad_guidance_scale", 1.0),
-            "threshold": d.get("grad_guidance_threshold"),
         },
         "control": {
             "self_replace_steps": d.get("p2p_self_replace_steps", 0.4),
@@ -481,6 +506,17 @@ def _number(key: str, value: float | int | None, low: float, high: float, fix: s
     if not math.isfinite(value) or not low <= value <= high:
         hint = f"; {fix}" if fix else ""
         raise ConfigError(f"{key}={value!r} is out of range: use a finite number from {low:g} to {high:g}{hint}")
+
+
+def _step_window(key: str, value: float | list[float]) -> None:
+    """A fraction of the steps, or a window ``[start, end]`` of fractions with ``start <= end``."""
+    if not isinstance(value, list):
+        _number(key, value, 0.0, 1.0)
+        return
+    if len(value) != 2 or not value[0] <= value[1]:
+        raise ConfigError(f"{key}={value!r}: give one fraction or a window [start, end] with start <= end")
+    for v in value:
+        _number(key, v, 0.0, 1.0)
 
 
 def validate(cfg: EditConfig) -> None:
@@ -542,8 +578,8 @@ def validate(cfg: EditConfig) -> None:
     if st.threshold is not None:
         _number("stdg.threshold", st.threshold, 1e-12, 1e12)
     c = cfg.control
-    _number("control.self_replace_steps (--tau-s)", c.self_replace_steps, 0.0, 1.0)
-    _number("control.cross_replace_steps (--tau-c)", c.cross_replace_steps, 0.0, 1.0)
+    for key, flag in (("self_replace_steps", "--tau-s"), ("cross_replace_steps", "--tau-c")):
+        _step_window(f"control.{key} ({flag})", getattr(c, key))
     if c.mask_blend_renoise and not c.mask_blend:
         raise ConfigError("control.mask_blend_renoise needs control.mask_blend: add --mask-blend or drop --renoise")
     if not 0 <= c.mask_blend_dilation <= 64:
@@ -561,6 +597,7 @@ def validate(cfg: EditConfig) -> None:
         raise ConfigError("control.sa1_max_tokens must be at least 1 (or null for a quarter of the latent)")
     if not 1 <= cfg.output.fps <= 240:
         raise ConfigError(f"output.fps={cfg.output.fps}: use 1 to 240 frames per second (default 8)")
+    _number("prompts.blend_start", p.blend_start, 0.0, 1.0, "prompt-to-prompt's value is 0.2")
 
 
 def _runs_on_cpu(device: str) -> bool:

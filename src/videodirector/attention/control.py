@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,13 @@ from .processors import AttentionLayer, Branches, Clock, ControlProcessor, StopF
 
 
 # --------------------------------------------------------------------------- stage 1: recording
+
+
+def key_feature(name: str) -> str:
+    """Where a recorder keeps a layer's attention key (``<layer>.key``); probabilities go under ``<layer>``, so one
+    temporal layer can give both (official ``app_guidance.block_type: temp`` reads the keys of the same motion
+    modules whose maps the temporal term reads)."""
+    return f"{name}.key"
 
 
 class FeatureRecorder:
@@ -57,8 +64,12 @@ class FeatureRecorder:
 class RecordingProcessor(ControlProcessor):
     """Plain attention that also records, while its recorder is active:
 
-    * temporal layers: probabilities ``softmax(Q Kᵀ / sqrt(d))`` of shape ``(B·h·w, heads, F, F)``;
-    * spatial self-attention layers: the key ``to_k(norm1(h))`` of shape ``(B·F, h·w, C)``.
+    * temporal-term layers: probabilities ``softmax(Q Kᵀ / sqrt(d))`` of shape ``(B·h·w, heads, F, F)``,
+      under the layer name;
+    * appearance-term layers, under :func:`key_feature`: a spatial self-attention key ``to_k(norm1(h))`` of
+      shape ``(B·F, h·w, C)``, or a temporal attention key (after the position embedding, before the head
+      split, as the official ``get_temp_attn_key``) ``(B·h·w, F, C)`` laid out per frame as ``(F, B·h·w, C)``
+      (the official ``permute(1, 0, 2)``; STDG forwards have B = 1).
     """
 
     def __init__(self, layer: AttentionLayer, recorder: FeatureRecorder) -> None:
@@ -75,15 +86,24 @@ class RecordingProcessor(ControlProcessor):
             rec.store[name] = probs
             out = probs @ value
         else:
-            if name in rec.appearance:
-                rec.store[name] = merge_heads(key)
             out = F.scaled_dot_product_attention(query, key, value)
+        if name in rec.appearance:
+            k = merge_heads(key)
+            rec.store[key_feature(name)] = k.transpose(0, 1) if self.layer.kind == "temporal" else k
         if rec.stop_early and name == rec.last:
             raise StopForward
         return out
 
 
 # --------------------------------------------------------------------------- stage 2: schedule
+
+
+def step_window(fraction: float | Sequence[float], rows: int) -> range:
+    """Steps of a window given as fractions, compiled as prompt-to-prompt does (``update_alpha_time_word``, and
+    the official ``MutualSelfAttention_p2p``): a number ``t`` means ``[0, t]``; ``[start, end]`` gives steps
+    ``[int(rows · start), int(rows · end))``."""
+    start, end = (0.0, fraction) if isinstance(fraction, (int, float)) else fraction
+    return range(int(rows * start), int(rows * end))
 
 
 @dataclass(frozen=True)
@@ -98,18 +118,23 @@ class EditSchedule:
     cross_layers: range  # cross-attention indices, call order
 
     @classmethod
-    def build(cls, num_steps: int, tau_s: float, tau_c: float, mutual_layers: list[int],
-              mutual_end_step: int | None, cross_layers: list[int], sa1_max_tokens: int,
+    def build(cls, num_steps: int, tau_s: float | Sequence[float], tau_c: float | Sequence[float],
+              mutual_layers: list[int], mutual_end_step: int | None, cross_layers: list[int], sa1_max_tokens: int,
               sa1: bool = True, sa2: bool = True, cross: bool = True) -> "EditSchedule":
-        split = int(num_steps * tau_s)
+        """``tau_s``/``tau_c`` are fractions or ``[start, end]`` windows (:func:`step_window`).
+
+        SA-I acts on ``tau_s``'s window of ``T`` steps and SA-II from its end on (the official
+        ``step_idx = range(num_self_replace_p2p[1], end_step)``); cross-attention control on ``tau_c``'s
+        window of prompt-to-prompt's ``T + 1``-row alpha table.
+        """
+        sa1_window = step_window(tau_s, num_steps)
         end = num_steps if mutual_end_step is None else min(mutual_end_step, num_steps)
         return cls(
-            sa1_steps=range(0, split) if sa1 else range(0),
-            sa2_steps=range(split, end) if sa2 else range(0),
+            sa1_steps=sa1_window if sa1 else range(0),
+            sa2_steps=range(sa1_window.stop, end) if sa2 else range(0),
             sa2_layers=range(*mutual_layers),
             sa1_max_tokens=sa1_max_tokens,
-            # prompt-to-prompt: alpha table of T + 1 rows, ones on [0, int((T + 1) tau_c))
-            cross_steps=range(0, int((num_steps + 1) * tau_c)) if cross else range(0),
+            cross_steps=step_window(tau_c, num_steps + 1) if cross else range(0),
             cross_layers=range(*cross_layers),
         )
 
@@ -222,13 +247,16 @@ class LocalBlend:
     """Prompt-to-prompt local blend: keep the latent outside the words' cross-attention region.
 
     Maps of the blend words are summed over cross-attention layers at a quarter of the latent
-    resolution and over steps, max-pooled (3 x 3), normalised per frame and thresholded.
+    resolution and over steps, max-pooled (3 x 3), normalised per frame and thresholded. The blend
+    acts from step ``start_step`` on (prompt-to-prompt's ``start_blend``: its ``step_callback`` blends
+    once its counter passes ``int(start_blend · T)``); maps are recorded from step 0.
     """
 
     def __init__(self, source_tokens: list[int], target_tokens: list[int], tokens: int, latent_hw: tuple[int, int],
-                 threshold: float = 0.3) -> None:
+                 threshold: float = 0.3, start_step: int = 0) -> None:
         self.source_tokens, self.target_tokens = source_tokens, target_tokens
         self.tokens, self.latent_hw, self.threshold = tokens, latent_hw, threshold
+        self.start_step = start_step
         self.acc: Tensor | None = None
 
     def wants(self, tokens: int) -> bool:
@@ -257,3 +285,10 @@ class LocalBlend:
             out.append(m > self.threshold)
         mask = (out[0] | out[1]).float()  # (F, 1, h, w)
         return mask.permute(1, 0, 2, 3).unsqueeze(0)
+
+    def apply(self, step: int, z: Tensor, z_ref: Tensor) -> Tensor:
+        """After edit step ``step``: ``z_ref + mask (z - z_ref)`` from ``start_step`` on, ``z`` unchanged before it
+        or while no map was recorded (prompt-to-prompt's ``x_t[:1] + mask (x_t - x_t[:1])``)."""
+        if step < self.start_step or (mask := self.mask()) is None:
+            return z
+        return z_ref + mask.to(z) * (z - z_ref)

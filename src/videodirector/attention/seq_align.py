@@ -73,7 +73,15 @@ def unknown_words(prompt: str, tokenizer) -> list[str]:  # noqa: ANN001
 
 def global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, mismatch: int = -1) -> list[int]:
     """Needleman-Wunsch alignment of token sequences; returns, for each index of ``y``, its aligned
-    index in ``x`` or -1 (prompt-to-prompt's ``ScoreParams(gap=0, match=1, mismatch=-1)``)."""
+    index in ``x`` or -1 (prompt-to-prompt's ``ScoreParams(gap=0, match=1, mismatch=-1)``).
+
+    Where moves tie, the traceback prefers what the official aligner (prompt-to-prompt's
+    ``seq_aligner.global_align``, copied by the official code) prefers: its ``left`` (``score[i][j-1]``: a
+    gap in ``x``, the target token is new; here trace 2), then its ``up`` (``score[i-1][j]``: a gap in ``y``,
+    the source token is dropped; trace 1), then the diagonal (trace 0). With several optimal alignments
+    (e.g. a repeated or swapped word) this picks the same one, hence the same refine mapper. A diagonal move
+    maps only equal tokens; it is never taken on a mismatch when ``mismatch <= 2 gap`` (as by default).
+    """
     n, m = len(x), len(y)
     score = [[0] * (m + 1) for _ in range(n + 1)]
     trace = [[0] * (m + 1) for _ in range(n + 1)]  # 0 diag, 1 up (gap in y), 2 left (gap in x)
@@ -90,7 +98,7 @@ def global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, misma
             left = score[i][j - 1] + gap
             best = max(diag, up, left)
             score[i][j] = best
-            trace[i][j] = 0 if best == diag else 1 if best == up else 2
+            trace[i][j] = 2 if best == left else 1 if best == up else 0
     mapping = [-1] * m
     i, j = n, m
     while i > 0 or j > 0:

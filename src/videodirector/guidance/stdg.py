@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attention.control import FeatureRecorder
+from ..attention.control import FeatureRecorder, key_feature
 from ..attention.processors import AttentionLayer
 
 
@@ -41,21 +41,44 @@ def temporal_loss(p_ref: Tensor, p: Tensor, region: Tensor, top_k: int) -> Tenso
     return (diff * keep).sum() / n
 
 
-def appearance_loss(k_ref: Tensor, k: Tensor, region: Tensor, mode: str = "mean_key") -> Tensor:
-    """One module's term of Eq. 3 on spatial self-attention keys ``(F, h·w, C)``.
+def masked_mean_keys(k: Tensor, region: Tensor) -> Tensor:
+    """Mask-pooled mean key per frame, ``k̄[f] = Σ_p M[f,p] K[f,p] / (Σ_p M[f,p] + 1e-5)`` (official
+    ``calculate_semantic_loss_with_mask``), in float32 at least (float64 keys stay float64): ``(F, h·w, C)``
+    keys and ``(F, h·w)`` bool region -> ``(F, C)``. The official code sums bf16 keys in bf16 and divides in
+    float32; a bf16 sum over thousands of tokens loses the small differences the loss is about, so the whole
+    pooling is float32 whatever the model dtype.
+    """
+    dtype = _at_least_fp32(k)
+    m = region.to(dtype)[..., None]
+    return (m * k.to(dtype)).sum(1) / (m.sum(1) + 1e-5)
 
-    ``mean_key`` (official code): MSE between mask-pooled mean keys per frame,
-    ``k̄[f] = Σ_p M[f,p] K[f,p] / (Σ_p M[f,p] + 1e-5)``. ``per_token`` (paper): mean of
+
+def _at_least_fp32(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def appearance_loss(k_ref: Tensor, k: Tensor, region: Tensor, mode: str = "mean_key") -> Tensor:
+    """One module's term of Eq. 3 on attention keys laid out per frame, ``(F, h·w, C)`` (spatial
+    self-attention keys, or temporal ones for ``stdg.appearance_layers: temporal``). Float32 (at least)
+    throughout.
+
+    ``mean_key`` (official code): MSE between :func:`masked_mean_keys`. ``per_token`` (paper): mean of
     ``M ‖K+ - K-‖²`` over masked tokens and channels.
     """
-    m = region.to(k.dtype)[..., None]
     if mode == "mean_key":
-        denom = m.sum(1) + 1e-5
-        return F.mse_loss((m * k_ref.detach()).sum(1) / denom, (m * k).sum(1) / denom)
+        return F.mse_loss(masked_mean_keys(k_ref.detach(), region), masked_mean_keys(k, region))
+    dtype = _at_least_fp32(k)
+    m = region.to(dtype)[..., None]
     n = m.sum() * k.shape[-1]
     if n == 0:
-        return k.sum() * 0.0
-    return (m * (k_ref.detach() - k) ** 2).sum() / n
+        return k.to(dtype).sum() * 0.0
+    return (m * (k_ref.detach().to(dtype) - k.to(dtype)) ** 2).sum() / n
+
+
+def clamp_guidance(g: Tensor, threshold: float | None) -> Tensor:
+    """``stdg.threshold``: G clamped to ``[-threshold, threshold]`` (the clamp of the official, unused
+    ``calculate_STDG``: ``where(|G| > thr, sign(G) thr, G)``); unchanged when None."""
+    return g if threshold is None else g.clamp(-threshold, threshold)
 
 
 @dataclass
@@ -63,7 +86,7 @@ class STDGSetup:
     """Resolved STDG settings for one model: layers, weights, coefficients, mask resolutions."""
 
     temporal: list[AttentionLayer]
-    appearance: list[AttentionLayer]
+    appearance: list[AttentionLayer]  # spatial self-attention or temporal layers (stdg.appearance_layers)
     temporal_weights: dict[str, float]  # layer name -> weight
     appearance_weights: dict[str, float]
     coefficients: tuple[float, float, float, float]  # eta_f, eta_b, zeta_f, zeta_b
@@ -102,7 +125,7 @@ def stdg_loss(ref: dict[str, Tensor], cur: dict[str, Tensor], masks_by_tokens: d
     if zeta_f or zeta_b:
         kf, kb = [], []
         for layer in setup.appearance:
-            k_ref, k = ref[layer.name], cur[layer.name]
+            k_ref, k = ref[key_feature(layer.name)], cur[key_feature(layer.name)]
             obj = masks_by_tokens[k.shape[1]]
             w = setup.appearance_weights[layer.name]
             if zeta_f:
@@ -148,6 +171,4 @@ def stdg_guidance(
             grad = torch.zeros_like(z)
         else:
             (grad,) = torch.autograd.grad(loss, z)
-    if threshold is not None:
-        grad = grad.clamp(-threshold, threshold)
-    return grad.detach(), eps.detach()
+    return clamp_guidance(grad, threshold).detach(), eps.detach()

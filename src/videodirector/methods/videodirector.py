@@ -37,7 +37,7 @@ from ..diffusion.ddim import (
 )
 from ..diffusion.nulltext import expand_null, null_text_step
 from ..errors import InputError
-from ..guidance.stdg import STDGSetup, resize_mask, stdg_guidance
+from ..guidance.stdg import STDGSetup, clamp_guidance, resize_mask, stdg_guidance
 from ..io.masks import latent_keep_region
 from ..models.loading import ModelBundle
 from .base import EditResult, Inversion, Progress, no_progress, register
@@ -64,10 +64,14 @@ class VideoDirector:
     # ------------------------------------------------------------------ helpers
 
     def _stdg_setup(self) -> STDGSetup:
+        """STDG's layers and weights. The appearance term reads spatial self-attention keys (official
+        ``app_guidance.block_type: spatial``) or, with ``stdg.appearance_layers: temporal``, the keys of the
+        motion modules' temporal attentions in the same blocks (official ``temp``: 6 per SD 1.5 up block)."""
         s = self.cfg.stdg
         unet = self.models.unet
         temporal = select_layers(unet, "temporal", list(s.temporal_block_weights))
-        appearance = select_layers(unet, "self", list(s.appearance_block_weights))
+        appearance = select_layers(unet, "temporal" if s.appearance_layers == "temporal" else "self",
+                                   list(s.appearance_block_weights))
         return STDGSetup(
             temporal=temporal,
             appearance=appearance,
@@ -218,7 +222,8 @@ class VideoDirector:
 
     def _reference_stdg(self, recorder, z, z_ref, t, cond_f, tok_masks, setup):  # noqa: ANN001, ANN202
         """Official cost structure (spec §4.2): four gradients, each with its own reference and grad forward
-        (zero-weight terms included), then one more forward for ε_c. Same G as :func:`stdg_guidance`."""
+        (zero-weight terms included), then one more forward for ε_c. Same G as :func:`stdg_guidance`, with
+        ``stdg.threshold`` clamping the combined G as there."""
         from dataclasses import replace as dc_replace
 
         m = self.models
@@ -231,7 +236,7 @@ class VideoDirector:
             _clear_caches()
         with torch.no_grad():
             eps_c = m.eps(z, t, cond_f)
-        return total, eps_c
+        return clamp_guidance(total, self.cfg.stdg.threshold), eps_c
 
     # ------------------------------------------------------------------ stage 2
 
@@ -269,7 +274,8 @@ class VideoDirector:
         if p.blend_words_source or p.blend_words_target:
             st = sorted({i for w in p.blend_words_source for i in word_token_indices(source_prompt, w, tok)})
             tt = sorted({i for w in p.blend_words_target for i in word_token_indices(target_prompt, w, tok)})
-            blend = LocalBlend(st, tt, (latent_hw[0] // 4) * (latent_hw[1] // 4), latent_hw, p.blend_threshold)
+            blend = LocalBlend(st, tt, (latent_hw[0] // 4) * (latent_hw[1] // 4), latent_hw, p.blend_threshold,
+                               start_step=int(p.blend_start * T))
         keep = None  # mask blend (beyond the paper): 1 where the reconstruction latent is kept
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,
@@ -324,8 +330,8 @@ class VideoDirector:
                     e = e + (ref - r)
                 if keep is not None and i >= blend_from:  # z <- z + K (z_rec - z)
                     e = torch.lerp(e, ref, keep)
-                if blend is not None and (bm := blend.mask()) is not None:
-                    e = ref + bm.to(e) * (e - ref)
+                if blend is not None:  # prompt-to-prompt's local blend, from step int(T start_blend) on
+                    e = blend.apply(i, e, ref)
                 progress("edit", i + 1, T)
         t_edit = time.perf_counter() - t_start
         t0 = time.perf_counter()

@@ -324,6 +324,8 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
     else:
         adapter = _load("the motion adapter", "motion-adapter", adapter_id, MotionAdapter.from_pretrained, adapter_id, **kw)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    from .motion_norm import install_motion_norm  # per-frame or joint motion-module GroupNorm (model.motion_norm)
+    motion_norm = install_motion_norm(unet, cfg.motion_norm, adapter_id)
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
@@ -335,7 +337,7 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
         unet.to(memory_format=torch.channels_last)
     if cfg.compile:
         compile_blocks(unet)
-    sources = {"base": base, "motion_adapter": adapter_id}
+    sources = {"base": base, "motion_adapter": adapter_id, "motion_norm": motion_norm}
     if cfg.single_file:
         sources["single_file"] = cfg.single_file
     return ModelBundle(unet, vae, text_encoder, tokenizer, NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER),

@@ -1,0 +1,182 @@
+"""The full-size benchmarks, end to end at a tiny size on the CPU.
+
+``benchmarks/speed.py --tiny`` (ours, diffusers' ``AnimateDiffVideoToVideoPipeline`` on the same models, the official
+cost structure, direct inversion, the 1/10-iteration estimate) and ``benchmarks/memory_profile.py --small`` run in
+subprocesses at the small test widths, 2-4 frames of 64 x 64 and 2 steps, writing to ``tmp_path``. The parts that
+only run on a GPU (the CUDA peak counter, the allocation-history replay) are checked on made-up inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+REQUIRED = ("end_to_end_s", "edit_only_s", "peak_gb", "peer_v2v_s", "peer_v2v_peak_gb", "reference_ratio",
+            "fast_direct_end_to_end_s")
+
+
+def _run(script: str, *args: str, timeout: int = 240) -> str:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+TINY = ("--tiny", "--frames", "2", "--size", "64", "--steps", "2", "--inner", "1", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def speed_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("speed")
+    _run("speed.py", *TINY, "--estimate-steps", "1", "--budget-s", "0", "--out", str(out), "--name", "smoke")
+    return out, json.loads((out / "smoke.json").read_text())
+
+
+def test_speed_smoke_runs_ours_and_the_peer(speed_smoke: tuple[Path, dict]) -> None:
+    out, data = speed_smoke
+    for key in REQUIRED:
+        assert _finite(data.get(key)), (key, data.get(key))
+    assert isinstance(data["machine"], dict) and data["machine"]["torch"]
+    assert data["peer_v2v_s"] > 0 and data["peer_v2v_peak_gb"] > 0
+    assert data["peer_pipeline"] == "diffusers.AnimateDiffVideoToVideoPipeline"
+    assert data["peer_denoising_steps"] == 1  # int(2 steps x strength 0.8)
+    assert data["peer_state_changes"] == []  # the pipeline left the shared models as ours ran them
+    assert _finite(data["edit_over_peer_time"]) and _finite(data["peak_over_peer_peak"])
+    assert data["reference_steps"] == 2 and data["reference_max_abs_diff"] < 1e-2  # fp32: the same edit (3e-4 seen)
+    stages = data["stage_peak_gb"]
+    assert set(stages) == {"encode", "ddim_inversion", "stdg_gradient", "null_text_iteration", "pivotal", "edit",
+                           "decode"}
+    assert all(_finite(v) and v > 0 for v in stages.values())
+    assert max(stages.values()) <= data["peak_gb"] + 1e-9
+    assert _finite(data["null_text_iteration_s"]) and "skipped" not in data
+    assert (out / "smoke.md").read_text().startswith("# smoke")
+
+
+def test_speed_partial_run_merges(speed_smoke: tuple[Path, dict]) -> None:
+    """``--only-peer`` runs the peer again and keeps the rest of the file."""
+    out, data = speed_smoke
+    _run("speed.py", *TINY, "--only-peer", "--out", str(out), "--name", "smoke")
+    merged = json.loads((out / "smoke.json").read_text())
+    assert merged["end_to_end_s"] == data["end_to_end_s"] and merged["reference_ratio"] == data["reference_ratio"]
+    assert merged["peer_v2v_s"] > 0 and merged["peer_state_changes"] == []
+    assert merged["edit_over_peer_time"] == pytest.approx(merged["edit_only_s"] / merged["peer_v2v_s"])
+
+
+def test_memory_profile_small(tmp_path: Path) -> None:
+    _run("memory_profile.py", "--small", "--frames", "4", "--invert-steps", "2", "--threads", "1",
+         "--out", str(tmp_path), "--name", "mem")
+    data = json.loads((tmp_path / "mem.json").read_text())
+    for part in ("no_checkpointing", "gradient_checkpointing"):
+        assert _finite(data["null_text_iteration"][part]["peak_gb"])
+    assert _finite(data["stdg_gradient"]["peak_gb"])
+    assert set(data["vae"]) == {"encode_4_frames_at_once", "decode_4_frames_at_once", "decode_in_chunks_of_4"}
+    assert all(_finite(v["peak_gb"]) and v["peak_gb"] > 0 for v in data["vae"].values())
+    assert set(data["stored_state"]) >= {"latents", "null_embeddings", "guidance"}
+    # 50 steps of (F, 77, D) null embeddings: 50 / 2 times what 2 steps stored
+    nulls = data["stored_state"]["null_embeddings"]
+    assert nulls["gb_at_50_steps"] == pytest.approx(nulls["gb"] * 25)
+    assert data["history"] == "left out: CUDA only"
+    assert (tmp_path / "mem.md").is_file()
+
+
+# ------------------------------------------------------------------------- the GPU-only parts, on made-up inputs
+
+
+@pytest.fixture(scope="module")
+def bench():  # noqa: ANN201
+    """The benchmark modules ``_common`` and ``memory_profile``, imported from ``benchmarks/``; ``sys.path`` and
+    ``sys.modules`` are put back afterwards."""
+    import importlib
+
+    path, before = list(sys.path), set(sys.modules)
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("_common"), importlib.import_module("memory_profile")
+    finally:
+        sys.path[:] = path
+        for name in ("_common", "speed", "memory_profile"):
+            if name not in before:
+                sys.modules.pop(name, None)
+
+
+class FakeMeter:
+    """A meter whose allocations the test sets: ``alloc``/``free`` move the current amount, the peak follows."""
+
+    cuda = False
+
+    def __init__(self) -> None:
+        self.cur = self.max = 0
+
+    def alloc(self, n: int) -> None:
+        self.cur += n
+        self.max = max(self.max, self.cur)
+
+    def free(self, n: int) -> None:
+        self.cur -= n
+
+    def current(self) -> int:
+        return self.cur
+
+    def peak(self) -> int:
+        return self.max
+
+    def reset(self) -> None:
+        self.max = self.cur
+
+
+def test_stage_tracker_nests_and_excludes(bench) -> None:  # noqa: ANN001
+    meter = FakeMeter()
+    tr = bench[0].StageTracker(meter)
+    with tr.stage("total"):
+        meter.alloc(10)  # held
+        with tr.stage("pivotal"):
+            for spike in (5, 7):
+                with tr.stage("step"):
+                    meter.alloc(spike)
+                    meter.free(spike)
+        with tr.stage("edit", excludes=("decode",)):
+            meter.alloc(3)
+            meter.free(3)
+            with tr.stage("decode"):
+                meter.alloc(20)
+                meter.free(20)
+            meter.alloc(1)
+    assert tr.peaks == {"total": 30, "pivotal": 17, "step": 17, "edit": 13, "decode": 30}
+    assert tr.calls["step"] == 2 and tr.starts["edit"] == 10
+
+
+def test_gpu_slug(bench) -> None:  # noqa: ANN001
+    slug = bench[0].gpu_slug
+    assert slug({"gpu": "NVIDIA H200"}) == "h200"
+    assert slug({"gpu": "NVIDIA H100 80GB HBM3"}) == "h100"
+    assert slug({"gpu": "NVIDIA A100-SXM4-80GB"}) == "a100"
+    assert slug({"gpu": "NVIDIA GeForce RTX 4090"}) == "rtx4090"
+    assert slug({}) == "cpu"
+
+
+def test_history_replay_finds_the_live_set_at_the_peak(bench) -> None:  # noqa: ANN001
+    _site, live_at_peak = bench[1]._site, bench[1].live_at_peak
+    lib = [{"filename": "/x/site-packages/diffusers/models/attention_processor.py", "line": 7, "name": "__call__"}]
+    torch_frame = {"filename": "/x/site-packages/torch/nn/modules/module.py", "line": 1, "name": "_call_impl"}
+    trace = [{"action": "alloc", "addr": 1, "size": 100, "frames": lib},
+             {"action": "alloc", "addr": 2, "size": 50, "frames": [torch_frame, *lib]},
+             {"action": "free_requested", "addr": 1, "size": 100},
+             {"action": "free_completed", "addr": 1, "size": 100},
+             {"action": "alloc", "addr": 3, "size": 60, "frames": []},
+             {"action": "free_requested", "addr": 99, "size": 1000},  # allocated before the recording
+             {"action": "oom", "size": 5}]
+    best, live, n = live_at_peak({"device_traces": [trace]})
+    assert best == 150 and n == len(trace)
+    assert sorted(size for size, _ in live) == [50, 100]
+    assert _site([torch_frame, *lib]) == "diffusers/models/attention_processor.py:7 __call__"
