@@ -31,7 +31,7 @@ def test_guidance_enters_only_the_direction_term():
     def guided_minus_plain(z, eps, g):  # noqa: ANN001, ANN202
         return ddim_step(eps, z, a_t, a_p, g, guidance_scale=2.0) - ddim_step(eps, z, a_t, a_p)
 
-    # z_{t-1} gets -s sqrt(1 - a_p) sqrt(1 - a_t) G (spec §4.6). The difference of two steps cancels terms
+    # z_{t-1} gets -s sqrt(1 - a_p) sqrt(1 - a_t) G (official code). The difference of two steps cancels terms
     # several times larger than G's: the fixed atol of 1e-6 this replaces had a margin of 1.4x (worst gap
     # 7.2e-7 over 2000 random draws). Yardstick: the same difference in float64; measured gap / yardstick
     # 0.75 (default kernels) to 1.0 (AVX512, AVX2)

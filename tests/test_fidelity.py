@@ -1,6 +1,6 @@
 """Fidelity to the official VideoDirector code: the motion-module GroupNorm, the unused
 ``grad_guidance_threshold`` and local blend, the aligner's tie order, the temporal appearance keys,
-``[start, end]`` windows for tau_s and tau_c, and float32 mask pooling (spec §4, §6, §12)."""
+``[start, end]`` windows for tau_s and tau_c, and float32 mask pooling (official code)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from videodirector.models.motion_norm import (
     FrameGroupNorm, motion_norm_of, motion_transformers, resolve_motion_norm, set_motion_norm,
 )
 
-OFFICIAL = {  # the keys of bear_editing_config.yaml that matter here (spec §8)
+OFFICIAL = {  # the keys of bear_editing_config.yaml that matter here (official code)
     "inversion_prompt": "a red circle moving right", "new_prompt": "a blue circle moving right",
     "STDG_guide": [0.5, 0.5, 0.0, 0.5], "grad_guidance_threshold": None,
     "app_guidance": {"block_type": "spatial", "blocks": ["up_blocks.1", "up_blocks.2"], "weight_each": [20000, 10000]},

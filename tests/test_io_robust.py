@@ -492,6 +492,11 @@ def test_stale_temp_folders_of_dead_runs_are_removed(tmp_path):
     _write_output(tmp_path / "out", {"a.txt": "x"})
     assert not dead.exists() and live.exists() and stranger.exists() and other_name.exists()
     assert clean_stale_temp(tmp_path) == [other_name] and live.exists() and stranger.exists()
+    empty = tmp_path / f".out.tmp-{_dead_pid()}-0123abcd"  # killed before its owner record: nothing to lose
+    empty.mkdir()
+    empty_live = tmp_path / f".out.tmp-{os.getpid()}-0123abce"
+    empty_live.mkdir()
+    assert clean_stale_temp(tmp_path, "out") == [empty] and empty_live.exists() and stranger.exists()
 
 
 def test_previous_output_moved_aside_by_a_killed_run_is_put_back(tmp_path):

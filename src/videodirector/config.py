@@ -2,7 +2,7 @@
 
 Every field is read by the code. Unknown keys and wrong types raise :class:`ConfigError`
 naming the key. Constants inherited from the official implementation are fields with
-their origin in the docstring (see ``spec/videodirector-facts.md``).
+their origin in the docstring (the official implementation).
 
 Two formats load through :func:`load_config`:
 
@@ -330,12 +330,12 @@ def apply_overrides(cfg: EditConfig, overrides: dict[str, Any]) -> EditConfig:
 # --------------------------------------------------------------------------- official format
 
 OFFICIAL_KEYS_UNUSED = {
-    # Read by nothing in the official code (spec §8.1, §9); accepted so official YAMLs load unchanged.
+    # Read by nothing in the official code; accepted so official YAMLs load unchanged.
     "function_type": "MotionClone leftover, read by nothing",
     "cross_attn_mask_tr_app": "MotionClone compute_cross_attn_mask threshold, never called",
     "cross_attn_mask_tr_example": "MotionClone compute_cross_attn_mask threshold, never called",
     "grad_guidance_threshold": "the clamp exists only in the unused calculate_STDG, which overwrites it with None "
-                               "(spec §4.5); the masked STDG path never applies it, so stdg.threshold stays unset",
+                               "(official code); the masked STDG path never applies it, so stdg.threshold stays unset",
 }
 OFFICIAL_SIGNATURE = {"inversion_prompt", "new_prompt", "STDG_guide"}
 
@@ -364,7 +364,7 @@ def resolve_official_path(p: str | None, base_dir: Path | None) -> str | None:
 
 
 def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditConfig:
-    """Map an official VideoDirector editing YAML onto :class:`EditConfig` (spec §8).
+    """Map an official VideoDirector editing YAML onto :class:`EditConfig` , as the official script reads it.
 
     Paths resolve as the official script resolves them, against the working directory (it is run
     from the repository root: ``python run_videodirector.py --config editing_config_yaml/x.yaml``);
@@ -413,7 +413,7 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
             masks = str(vp.parent / "sam2_mask" / vp.stem)
 
     if d.get("p2p_blend_word_base") is not None or d.get("p2p_blend_word_new") is not None:
-        # official: LocalBlend is built but controller.step_callback is never called in editing_pipe (spec §6.3)
+        # official: LocalBlend is built but controller.step_callback is never called in editing_pipe
         from .notices import warn
 
         warn("the official config names local-blend words (p2p_blend_word_base/new), but the official code never "

@@ -108,7 +108,7 @@ def step_window(fraction: float | Sequence[float], rows: int) -> range:
 
 @dataclass(frozen=True)
 class EditSchedule:
-    """Where and when each stage-2 control acts, compiled from fractions once (spec §6.2-6.3)."""
+    """Where and when each stage-2 control acts, compiled from fractions once (official code)."""
 
     sa1_steps: range
     sa2_steps: range
@@ -160,7 +160,7 @@ def mutual_self_attention(q_edit: Tensor, k_recon: Tensor, v_recon: Tensor, k_ed
     """SA-II (paper Eq. 6, second case): edit queries over ``[K_recon | K_edit]``, ``[V_recon | V_edit]``.
 
     Reconstruction keys inside the object mask get no weight (the official code's additive
-    ``-inf`` bias, spec §6.2): edit queries read their own tokens and the source *background*.
+    ``-inf`` bias, the official code): edit queries read their own tokens and the source *background*.
 
     Args:
         q_edit, k_*, v_*: ``(F, heads, N, d)``.

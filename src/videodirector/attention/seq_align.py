@@ -27,7 +27,7 @@ def word_token_indices(prompt: str, word: str, tokenizer, limit: int | None = MA
     (the text encoder's 77 positions; None: every occurrence).
 
     Words are whitespace-separated and compared without surrounding punctuation and case
-    (the official code compares raw ``split(" ")`` words, so "tiger" misses "tiger,"; spec §6.3).
+    (the official code compares raw ``split(" ")`` words, so "tiger" misses "tiger,").
     """
     ids = tokenizer.encode(prompt)[1:-1]
     pieces = [tokenizer.decode([i]).strip().lower() for i in ids]

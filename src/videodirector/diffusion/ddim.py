@@ -1,6 +1,6 @@
 """DDIM sampling and inversion as small pure functions over tensors.
 
-Conventions (spec §1.3): ``alphas_cumprod`` is the scheduler's ``ᾱ`` table; a step from
+Conventions (official code): ``alphas_cumprod`` is the scheduler's ``ᾱ`` table; a step from
 ``t`` always lands on ``t - num_train_timesteps // num_steps`` whatever the list spacing,
 with ``ᾱ(t < 0) = final_alpha_cumprod`` (1 for SD's ``set_alpha_to_one=True``).
 
@@ -77,7 +77,7 @@ def ddim_step(
     """One deterministic DDIM step with STDG in the direction term (Algorithm I lines 13-14).
 
     ``z_{t-1} = sqrt(ᾱ_{t-1}) x̂0(ε̂) + sqrt(1 - ᾱ_{t-1}) ε̄`` with ``ε̄ = ε̂ - s sqrt(1 - ᾱ_t) G``
-    (Dhariwal & Nichol Eq. 14). x̂0 uses the un-guided ε̂ (spec §4.6).
+    (Dhariwal & Nichol Eq. 14). x̂0 uses the un-guided ε̂ (official code).
     """
     x0 = predicted_x0(eps, z, alpha_t)
     direction = eps if guidance is None else eps - guidance_scale * (1 - alpha_t) ** 0.5 * guidance
@@ -118,7 +118,7 @@ def ddim_invert(
 
     Walks ``timesteps`` from the cleanest to the noisiest. For each target ``s`` the model is
     evaluated at ``s`` on the latent of the level below, stepping from ``ᾱ[s - Δ]`` to ``ᾱ[s]``
-    (official code; spec §2, §10.13).
+    (official code).
 
     Args:
         eps_fn: ``eps_fn(z, t) -> ε`` for the source prompt (no CFG).

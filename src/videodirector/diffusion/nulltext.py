@@ -1,9 +1,9 @@
-"""Null-text optimisation, shared or multi-frame (paper §3.2, supplementary Eq. 13; spec §3).
+"""Null-text optimisation, shared or multi-frame (paper §3.2, supplementary Eq. 13).
 
 For one timestep ``t``: a fresh Adam on ``φ`` (warm-started from the previous step), inner
 iterations minimising ``‖z*_{t-1} - DDIM(ε_c + w(ε_c - ε_u(φ)), G)‖²`` with early stop, then
 one step along the optimised trajectory. The UNet's parameters must be frozen by the caller
-(no weight gradients are computed; spec §3.3).
+(no weight gradients are computed).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Spatial-temporal decoupled guidance, STDG (paper Eqs. 2-4; spec §4).
+"""Spatial-temporal decoupled guidance, STDG (paper Eqs. 2-4).
 
 ``G = ∇_{z_t} (η_f L_T^f + η_b L_T^b + ζ_f L_K^f + ζ_b L_K^b)``, computed with **one**
-backward and without zero-weight terms (G is linear in the four gradients, spec §11.3).
+backward and without zero-weight terms (G is linear in the four gradients).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def stdg_loss(ref: dict[str, Tensor], cur: dict[str, Tensor], masks_by_tokens: d
     """Eq. 4's loss ``η_f L_T^f + η_b L_T^b + ζ_f L_K^f + ζ_b L_K^b``, skipping zero-weight terms.
 
     ``L_T = (1/M) Σ_m w_m L_m`` over the M temporal modules (likewise ``L_K``), as the official
-    code's ``mean(w/100 · L) · 100`` (spec §4.3-4.4).
+    code's ``mean(w/100 · L) · 100`` (official code).
     """
     eta_f, eta_b, zeta_f, zeta_b = setup.coefficients
     total = None

@@ -18,7 +18,7 @@ values everywhere, so a mask video's pixel is the object where its brightest cha
 After reading, :func:`load_masks` warns (once, one line) about frames whose mask is empty (the edit
 region is empty there), and refuses masks that are empty in every frame used.
 
-The ellipse mask (supplementary §III; spec §5): for each frame, the moment-equivalent filled
+The ellipse mask (supplementary §III): for each frame, the moment-equivalent filled
 ellipse of the first connected component in raster order (``regionprops(label(m))[0]``), with
 integer centre and half-axis lengths, united with the mask itself.
 """

@@ -206,7 +206,7 @@ def clean_stale_temp(parent: str | Path, name: str | None = None) -> list[Path]:
 
     A folder is touched only when it is recognisably the tool's (its name has that form and it holds
     an owner record naming that pid, or a manifest) and its owner process no longer exists on this
-    host. A ``.old`` folder (a previous output moved aside just before the new one took its place) is
+    host; an empty ``.tmp`` folder of a dead pid (killed before its owner record) is removed too. A ``.old`` folder (a previous output moved aside just before the new one took its place) is
     put back as ``NAME`` when ``NAME`` is missing, instead of being removed."""
     parent = Path(parent)
     removed: list[Path] = []
@@ -230,7 +230,15 @@ def clean_stale_temp(parent: str | Path, name: str | None = None) -> list[Path]:
             if owner.get("pid") != pid or owner.get("host") not in (None, host):
                 continue
         elif _read_manifest(folder) is None:
-            continue  # not recognisably ours
+            # not recognisably ours, unless empty (killed between creating it and writing its owner record):
+            # removing an empty folder loses nothing
+            if not _pid_alive(pid) and m["kind"] == "tmp":
+                try:
+                    folder.rmdir()
+                    removed.append(folder)
+                except OSError:
+                    pass
+            continue
         if _pid_alive(pid):
             continue
         target = parent / m["name"]
@@ -291,8 +299,8 @@ def atomic_folder(out: str | Path, overwrite: bool = False, *, own_files: Collec
     try:
         _write_owner(tmp, out.name)
         yield tmp
+        _write_manifest(tmp)  # before the owner record goes: a killed run's folder is always recognisable
         (tmp / OWNER).unlink()
-        _write_manifest(tmp)
         _commit(tmp, out, own_files, inputs, flag)
     except BaseException:
         if tmp.exists():

@@ -10,7 +10,7 @@ Stage 2, :meth:`VideoDirector.edit` — attention-controlled editing, one UNet c
 ``[edit-uncond, edit-cond, recon-uncond, recon-cond]``: SA-I/SA-II (Eq. 6), prompt-to-prompt
 (Eq. 7), CFG (Eq. 10) and the cached ``G_t`` (lines 18-33).
 
-Where the official code differs from the paper, the code's behaviour is the default (spec §10):
+Where the official code differs from the paper, the code's behaviour is the default (official code):
 stage 2 walks diffusers' leading timesteps with stage-1 quantities indexed by step
 (``control.edit_timesteps``), the appearance loss pools mean keys (``stdg.appearance_loss``).
 """
@@ -221,7 +221,7 @@ class VideoDirector:
         return (torch.stack(nulls) if nulls else None, torch.stack(guides) if guides else None, z, iters)
 
     def _reference_stdg(self, recorder, z, z_ref, t, cond_f, tok_masks, setup):  # noqa: ANN001, ANN202
-        """Official cost structure (spec §4.2): four gradients, each with its own reference and grad forward
+        """Official cost structure (official code): four gradients, each with its own reference and grad forward
         (zero-weight terms included), then one more forward for ε_c. Same G as :func:`stdg_guidance`, with
         ``stdg.threshold`` clamping the combined G as there."""
         from dataclasses import replace as dc_replace
@@ -293,7 +293,7 @@ class VideoDirector:
             elif layer.kind == "cross" and (c.cross or blend is not None):
                 processors[layer.name] = CrossControlProcessor(layer, ctx, c.cross_mode, mapper, alphas, eq, blend)
 
-        # the reconstruction path is conditioned on [E(neg), E(src)] (spec: "Reconstruction path in Stage 2")
+        # the reconstruction path is conditioned on [E(neg), E(src)] (official code)
         fixed_emb = {"edit_cond": self._per_frame(tgt, F_), "recon_uncond": self._per_frame(neg, F_),
                      "recon_cond": self._per_frame(src, F_)}
         e = latents[T][None]
@@ -352,7 +352,7 @@ class VideoDirector:
 
 
 def _clear_caches() -> None:
-    """What the official code does after every STDG call and null-text iteration (spec §9)."""
+    """What the official code does after every STDG call and null-text iteration (official code)."""
     import gc
 
     gc.collect()

@@ -9,7 +9,7 @@ One code path for real and bundled models:
 
 Anything saved with ``save_pretrained`` in that layout loads here: the tiny test models and the
 bundled ShapeWorld models do. The noise schedule is AnimateDiff's (linear betas 0.00085-0.012,
-``steps_offset=1``, ``clip_sample=False``), as in the official code (spec §1.1).
+``steps_offset=1``, ``clip_sample=False``), as in the official code (official code).
 """
 
 from __future__ import annotations

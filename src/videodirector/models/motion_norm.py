@@ -4,7 +4,7 @@ The original AnimateDiff motion module, which the official VideoDirector code ru
 (``TemporalTransformer3DModel.forward``, ``motion_module.py:139-150``), rearranges its input to
 ``(b f) c h w`` before its ``GroupNorm``: statistics per frame. diffusers' ``AnimateDiffTransformer3D``
 (0.42) hands the same ``GroupNorm`` a ``(b, c, f, h, w)`` tensor: statistics pooled over all frames
-(spec §12, "Possible numerical difference"). Motion modules trained one way see other statistics the
+(official code). Motion modules trained one way see other statistics the
 other way.
 
 The choice is made by module replacement, diffusers' extension point for sub-modules: each motion

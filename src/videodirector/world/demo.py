@@ -6,7 +6,7 @@ STDG coefficients). Each writes the normal outputs plus the ground truth; ``metr
 the ground-truth scores (top level: the object edit).
 
 The demo trades steps for time so it finishes in about three minutes on a 2-core CPU: 15 DDIM steps
-and at most 3 null-text iterations per step instead of 50 and 10 (see the README).
+and at most 3 null-text iterations per step instead of 50 and 10 (see docs/getting-started.md).
 """
 
 from __future__ import annotations
