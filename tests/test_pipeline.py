@@ -140,23 +140,31 @@ def test_reference_cost_mode_gives_the_same_inversion(tiny_cfg, tiny_models, mon
     # (float64) relative on the latent both modes hand to STDG at step 1; a null-text step that differed
     # (an optimiser, a learning rate, a gradient) moves it by more than 1e-4
     assert rel(fast_calls[0][1], calls[4][1]) < 1e-9, rel(fast_calls[0][1], calls[4][1])
-    # then at each later step, at the latent the reference run was at: its G (four one-term backwards, weighted
-    # and summed) against one backward of the weighted loss, both with the UNet's weight gradients on as in
-    # reference-cost mode (which changes the rounding of G by 1e-9 relative, amplified by G's conditioning).
-    # Yardstick: the one backward with every coefficient x3 (then G / 3), which rounds each backward value
-    # differently; measured gap / yardstick ...
+    # then at each later step, each mode's own G against the other mode's way of computing it, at the latent
+    # that mode was at and with the UNet's weights frozen or not as in that mode (which changes how G rounds:
+    # 1e-9 relative, through G's conditioning). Fast mode, one backward of the weighted loss: against four
+    # one-term backwards weighted and summed; reference-cost mode, the other way round. Yardstick: one
+    # backward with every coefficient x3 (then G / 3), which rounds each backward value differently
+    def weighted(setup, c):  # noqa: ANN001, ANN202
+        return replace(setup, coefficients=tuple(c))
+
     for i in (1, 2):
-        recorder, z, z_ref, t, cond, tok, one_term = calls[4 * i]
-        setup = replace(one_term, coefficients=coefficients)
-        procs = {l.name: RecordingProcessor(l, recorder) for l in [*setup.temporal, *setup.appearance]}
-        m64.unet.requires_grad_(True)
-        try:
-            with installed(m64.unet, procs):
-                g, g3 = (stdg_guidance(m64.eps, recorder, z, z_ref, t, cond, tok, replace(setup, coefficients=c))[0][0]
-                         for c in (coefficients, tuple(3 * c for c in coefficients)))
-        finally:
-            m64.unet.requires_grad_(False)
-        assert_within_rounding(ref.guidance[i], g, g3 / 3, g, k=50, norm=True, what=f"G_{i}", eps=EPS64)
+        for mode, result, (recorder, z, z_ref, t, cond, tok, setup), frozen in (
+                ("fast", fast, fast_calls[i - 1], True), ("reference", ref, calls[4 * i], False)):
+            procs = {l.name: RecordingProcessor(l, recorder) for l in [*setup.temporal, *setup.appearance]}
+
+            def g_of(c):  # noqa: ANN001, ANN202
+                return stdg_guidance(m64.eps, recorder, z, z_ref, t, cond, tok, weighted(setup, c))[0][0]
+
+            m64.unet.requires_grad_(not frozen)
+            try:
+                with installed(m64.unet, procs):
+                    g1, g3 = g_of(coefficients), g_of([3 * c for c in coefficients]) / 3
+                    other = g1 if mode == "reference" else sum(  # the reference way: one term at a time
+                        w * g_of([float(j == k) for j in range(4)]) for k, w in enumerate(coefficients) if w)
+            finally:
+                m64.unet.requires_grad_(False)
+            assert_within_rounding(result.guidance[i], other, g3, g1, k=50, norm=True, what=f"{mode} G_{i}", eps=EPS64)
     assert fast.guidance[1:].abs().mean() > 0
     assert not any(p.requires_grad for p in m64.unet.parameters())
 
@@ -165,29 +173,36 @@ def test_reference_cost_mode_gives_the_same_inversion(tiny_cfg, tiny_models, mon
 def test_edit_leaves_out_the_recon_uncond_branch_only_where_nothing_reads_it(tiny_cfg, tiny_models, monkeypatch):
     """Before SA-II (and without direct inversion) nothing reads the recon-uncond branch, so the loop runs
     three branches there: the edit equals the one that runs all four branches at every step, and the
-    batch shrinks on exactly the SA-I steps."""
+    batch shrinks on exactly the SA-I steps.
+
+    Compared in float64. Batch-3 and batch-4 forwards round differently (other kernels, other thread
+    splits), and the random model's 5-step edit amplifies float32 rounding to 4% of the latents' norm
+    (|z32 - z64|), about what a real fault gives (recon-cond fed the negative prompt on the lean steps: 24%);
+    no float32 tolerance separates the two. In float64 the layouts agree to 1e-12 relative."""
     from videodirector.attention.processors import Branches
     from videodirector.methods.videodirector import VideoDirector
 
     frames, masks = toy_inputs()
-    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 5, "inversion.null_inner_steps": 1})
-    vd = VideoDirector(tiny_models, cfg)
-    inv = vd.invert(frames, masks, "a red circle moving right")
+    # without STDG: its cached G, added alike to both layouts, swamps the random model's latents (|z| ~ 1e4-1e7)
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 5, "inversion.null_inner_steps": 1, "stdg.enabled": False})
+    inv = VideoDirector(tiny_models, cfg).invert(frames, masks, "a red circle moving right")
+    m64 = float64_twin(tiny_models)
+    vd = VideoDirector(m64, cfg)
     batches = []
-    hook = tiny_models.unet.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
+    hook = m64.unet.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
     try:
-        lean = vd.edit(inv, "a blue square moving right")
+        lean = vd.edit(inv, "a blue square moving right").latents
     finally:
         hook.remove()
     assert batches == [3, 3, 4, 4, 4]  # tau_s = 0.4 of 5 steps: SA-I on steps 0-1, SA-II after
     monkeypatch.setattr(Branches, "WITHOUT_RECON_UNCOND", Branches.NAMES)
     full = vd.edit(inv, "a blue square moving right").latents
-    # batch-3 and batch-4 forwards round differently (other kernels, other thread splits). Yardstick: the
-    # four-branch edit in float64, |full32 - full64| (L2); measured |lean - full| / yardstick 0.84 (1 thread)
-    # and 0.89 (2 threads); latents reach |z| ~ 1e4-1e7 on the random model, so fixed tolerances do not carry
-    full64 = VideoDirector(float64_twin(tiny_models), cfg).edit(inv, "a blue square moving right").latents
-    gap, yard = assert_within_rounding(lean.latents, full, full, full64, k=10, norm=True, what="lean vs four branches")
-    assert float((lean.latents - inv.reconstruction).norm()) > 100 * max(gap, yard)  # the edit did something
+    assert lean.dtype == torch.float64
+    rel = float((lean - full).norm() / full.norm())
+    print(f"YARD lean64 vs full64 rel {rel:.3g}")  # TEMP
+    # measured float64 |lean - full| / |full|: ... (1, 2 and 4 threads; AVX512, AVX2 and default kernels)
+    assert rel < 1e-8, rel
+    assert float((lean - inv.reconstruction).norm()) > 0.1 * float(full.norm())  # the edit did something
 
 
 def test_latent_keep_region_grows_the_object_or_keeps_it():

@@ -364,7 +364,7 @@ def resolve_official_path(p: str | None, base_dir: Path | None) -> str | None:
 
 
 def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditConfig:
-    """Map an official VideoDirector editing YAML onto :class:`EditConfig` , as the official script reads it.
+    """Map an official VideoDirector editing YAML onto :class:`EditConfig`, as the official script reads it.
 
     Paths resolve as the official script resolves them, against the working directory (it is run
     from the repository root: ``python run_videodirector.py --config editing_config_yaml/x.yaml``);
