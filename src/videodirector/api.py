@@ -26,8 +26,8 @@ from .config import EditConfig, apply_overrides, load_config  # noqa: F401  (re-
 from .errors import CacheEntryError, DeviceOutOfMemoryError, InputError, UserError
 from .io.masks import check_masks_match, load_masks
 from .io.outputs import atomic_folder, contact_sheet, hstack_videos, mask_overlay, to_uint8, write_json, write_video
-from .io.video import load_video, read_frames
-from .methods import videodirector as _vd  # noqa: F401  (registers the methods)
+from .io.video import load_video_with_info
+from .methods import catalog as _catalog  # noqa: F401  (registers every method and its settings)
 from .methods.base import METHODS, EditResult, Inversion, Progress, no_progress
 from .models.loading import ModelBundle, load_models
 from .notices import warn
@@ -50,17 +50,10 @@ def load_inputs(cfg: EditConfig) -> tuple[Tensor, Tensor]:
     i = cfg.input
     if not i.video:
         raise InputError("no input video; pass --video PATH or set input.video in the config")
-    frames = load_video(i.video, i.num_frames, i.height, i.width, i.resize_mode)
-    if i.masks:
-        video_frames = read_frames(i.video)
-        n_video = len(video_frames)
-        from .io.masks import read_mask_frames
-
-        mh, mw = read_mask_frames(i.masks).shape[1:3]
-        if (mh, mw) != video_frames.shape[1:3]:
-            raise InputError(f"mask size {mh}x{mw} differs from video size {video_frames.shape[1]}x{video_frames.shape[2]}; "
-                             "give masks at the video's resolution")
-        masks = load_masks(i.masks, i.num_frames, i.height, i.width, n_video, i.resize_mode, i.ellipse_mask)
+    frames, info = load_video_with_info(i.video, i.num_frames, i.height, i.width, i.resize_mode)
+    if i.masks:  # one decode of the video: its frame count and size check the masks
+        masks = load_masks(i.masks, i.num_frames, i.height, i.width, info.num_frames, i.resize_mode, i.ellipse_mask,
+                           video_size=(info.height, info.width))
     else:
         if cfg.control.mask_blend:
             raise InputError("the mask blend needs masks; pass --masks DIR (one per frame) or leave out --mask-blend")
@@ -193,7 +186,7 @@ class Editor:
                                 "the STDG coefficients (--stdg), or use --dtype float32")
         inv.meta["cache"] = {"key": key, "hit": False, "folder": str(folder)}
         if use_cache:
-            with atomic_folder(folder, overwrite=True) as tmp:
+            with atomic_folder(folder, overwrite=True, own_files=Inversion.FILES, flag="--cache-dir") as tmp:
                 inv.save(tmp)
         return inv
 
@@ -233,7 +226,7 @@ class Editor:
                  f"{LOW_RECONSTRUCTION_PSNR:g} dB), so the edit will not keep the video's content; check that the "
                  "source prompt describes the video and that the models can draw it, and use the faithful settings "
                  "(--steps 50 --inner-steps 10)")
-        with atomic_folder(out, overwrite) as tmp:
+        with atomic_folder(out, overwrite, inputs=[self.cfg.input.video, self.cfg.input.masks]) as tmp:
             write_video(tmp / "edited.mp4", edited, fps)
             write_video(tmp / "edited.gif", edited, fps)
             write_video(tmp / "side_by_side.mp4", hstack_videos([src, edited, overlay],

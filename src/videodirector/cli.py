@@ -199,6 +199,7 @@ def _config(config: Optional[Path], overrides: dict[str, Any]):  # noqa: ANN202
     the command line (``--bundled``, ``--base``) replace a YAML's single-file checkpoint (the official
     ``dreambooth_path``) unless ``--single-file`` is given too."""
     from .config import EditConfig, apply_overrides, load_config, validate
+    from .methods import catalog  # noqa: F401  (registers the methods' settings sections)
 
     cfg = load_config(config, overrides) if config else apply_overrides(EditConfig(), overrides)
     if "model.single_file" not in overrides and ("model.base" in overrides):
@@ -207,13 +208,14 @@ def _config(config: Optional[Path], overrides: dict[str, Any]):  # noqa: ANN202
     return cfg
 
 
-def _preflight(out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], use_cache: bool = True) -> None:
-    """Check every output and cache location before any work starts."""
+def _preflight(out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], use_cache: bool = True,
+               inputs: tuple[Any, ...] = ()) -> None:
+    """Check every output and cache location before any work starts (``out`` must not hold ``inputs``)."""
     from .api import check_cache_location, default_cache_dir
     from .io.outputs import check_output_location
 
     if out is not None:
-        check_output_location(out, overwrite)
+        check_output_location(out, overwrite, inputs=[i for i in inputs if i])
     if use_cache:
         check_cache_location(cache_dir or default_cache_dir())
 
@@ -322,7 +324,7 @@ def edit(
     _threads(threads)
     cfg = _config(config, _overrides(**locals()))
     _require_prompts(cfg, target=True)
-    _preflight(out, overwrite, cache_dir, use_cache=not no_cache)
+    _preflight(out, overwrite, cache_dir, use_cache=not no_cache, inputs=(cfg.input.video, cfg.input.masks))
     from .api import Editor, load_inputs
 
     frames_, masks_ = load_inputs(cfg)  # input mistakes surface before any model loads

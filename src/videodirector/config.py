@@ -221,9 +221,26 @@ class OutputConfig:
     overwrite: bool = False
 
 
+METHOD_SETTINGS: dict[str, type] = {}
+"""Settings sections of the methods: section name (``video_p2p``) -> that method's settings dataclass.
+
+Each method keeps its own settings dataclass beside its algorithm (``methods/<name>.py``) and registers
+it here with :func:`register_settings` when imported; this module never imports the methods. A
+registered section is a top-level key of our YAML format and of dotted overrides
+(``video_p2p.tune_steps: 300``), with the same type checks as the built-in sections."""
+
+
+def register_settings(section: str, cls: type) -> None:
+    """Make ``section`` a config section parsed into the dataclass ``cls`` (called by a method module)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"settings of section {section!r} must be a dataclass")
+    METHOD_SETTINGS[section] = cls
+
+
 @dataclass
 class EditConfig:
-    """One complete VideoDirector job."""
+    """One complete editing job: the shared sections, plus the settings sections of the methods that
+    have their own (:data:`METHOD_SETTINGS`), read with :meth:`settings_for`."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -233,9 +250,22 @@ class EditConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 42
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    """Section name -> settings dataclass, for the sections the config set; see :meth:`settings_for`."""
+
+    def settings_for(self, section: str) -> Any:
+        """The settings of a method's section: as configured, or that dataclass's defaults."""
+        if section in self.method_settings:
+            return self.method_settings[section]
+        if section not in METHOD_SETTINGS:
+            raise ConfigError(f"no settings section {section!r}; known sections: {', '.join(METHOD_SETTINGS) or 'none'}")
+        return METHOD_SETTINGS[section]()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain data, the methods' sections at the top level as in the YAML format."""
+        data = dataclasses.asdict(self)
+        data.update(data.pop("method_settings"))
+        return data
 
 
 # --------------------------------------------------------------------------- parsing
@@ -297,9 +327,31 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`.
+    For :class:`EditConfig`, the top-level keys naming a registered method section are parsed into
+    that method's settings dataclass."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    if cls is EditConfig:
+        data = dict(data)
+        names = [n for n in names if n != "method_settings"] + list(METHOD_SETTINGS)
+        sections = {k: from_dict(METHOD_SETTINGS[k], _mapping(data.pop(k), k), prefix=f"{k}.")
+                    for k in list(data) if k in METHOD_SETTINGS}
+        data.pop("method_settings", None)
+        cfg = _from_fields(cls, data, names, prefix)
+        cfg.method_settings = sections
+        return cfg
+    return _from_fields(cls, data, names, prefix)
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config section '{key}' must be a mapping, got {value!r}")
+    return value
+
+
+def _from_fields(cls: type, data: dict[str, Any], names: list[str], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
@@ -317,6 +369,8 @@ def apply_overrides(cfg: EditConfig, overrides: dict[str, Any]) -> EditConfig:
             continue
         node = data
         *parents, leaf = dotted.split(".")
+        if parents and parents[0] in METHOD_SETTINGS and parents[0] not in data:
+            data[parents[0]] = dataclasses.asdict(METHOD_SETTINGS[parents[0]]())
         for p in parents:
             if p not in node or not isinstance(node[p], dict):
                 raise ConfigError(f"unknown config key '{dotted}'")
@@ -521,7 +575,11 @@ def _step_window(key: str, value: float | list[float]) -> None:
 
 def validate(cfg: EditConfig) -> None:
     """Every setting in range, before any work starts: non-finite, negative or absurd numbers would
-    otherwise yield a black or meaningless video (one line naming the setting and its range)."""
+    otherwise yield a black or meaningless video (one line naming the setting and its range). A method's
+    settings section is checked by its own ``validate()`` method, when it has one."""
+    for settings in cfg.method_settings.values():
+        if hasattr(settings, "validate"):
+            settings.validate()
     i = cfg.input
     if i.height % 8 or i.width % 8 or not (64 <= i.height <= MAX_FRAME_SIDE and 64 <= i.width <= MAX_FRAME_SIDE):
         raise ConfigError(f"input.height and input.width must be multiples of 8 from 64 to {MAX_FRAME_SIDE}, "

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..io.masks import load_masks
-from ..io.video import load_video, read_frames
+from ..io.video import load_video, load_video_with_info
 from .ground_truth import psnr, ssim, temporal_flicker
 
 
@@ -92,11 +92,12 @@ def score_pair(edited: str | Path, source: str | Path, masks: str | Path | None 
                clip_model: str | None = None, num_frames: int = 16, size: int = 512, flow: str | None = None,
                device: str = "cpu", lpips_net: str | None = None) -> dict[str, Any]:
     e = load_video(edited, num_frames, size, size)
-    s = load_video(source, num_frames, size, size)
+    s, s_info = load_video_with_info(source, num_frames, size, size, notice=False)
     out: dict[str, Any] = {"psnr": psnr(e, s), "ssim": ssim(e, s)}
     m = None
     if masks is not None:
-        m = load_masks(masks, num_frames, size, size, len(read_frames(source)), use_ellipse=False)
+        m = load_masks(masks, num_frames, size, size, s_info.num_frames, use_ellipse=False,
+                       video_size=(s_info.height, s_info.width))
         out["masked_psnr"] = psnr(e, s, ~m)
         out["flicker"] = temporal_flicker(e, s, ~m)
     if lpips_net:
