@@ -342,3 +342,293 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
         sources["single_file"] = cfg.single_file
     return ModelBundle(unet, vae, text_encoder, tokenizer, NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER),
                        device, dtype, sources, cfg.attention_backend)
+
+
+# --------------------------------------------------------------------------- score-distillation guidance models
+DEFAULT_MODELSCOPE = "ali-vilab/text-to-video-ms-1.7b"
+MODELSCOPE_SUBFOLDERS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                         "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
+
+
+def _scheduler_config(ident: str, offline: bool, flag: str) -> dict:
+    """A diffusers scheduler config (``scheduler/scheduler_config.json``) of a folder or hub id."""
+    from diffusers import DDIMScheduler
+
+    local = Path(ident) / "scheduler" / "scheduler_config.json"
+    if local.is_file():
+        import json
+
+        return json.loads(local.read_text())
+    return dict(_load("the scheduler config", flag, ident, DDIMScheduler.load_config, ident, subfolder="scheduler",
+                      local_files_only=offline))
+
+
+def load_modelscope(ident: str, cfg: ModelConfig) -> ModelBundle:
+    """A ModelScope-layout text-to-video model (``TextToVideoSDPipeline`` folder or hub id:
+    ``UNet3DConditionModel``, its VAE, its OpenCLIP text tower in ``CLIPTextModel`` format, tokenizer and
+    DDIM scheduler), e.g. ``ali-vilab/text-to-video-ms-1.7b`` or ``cerspense/zeroscope_v2_576w``, as a
+    :class:`ModelBundle` whose noise schedule is the model's own."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    fetch = f"download it with 'hf download {DEFAULT_MODELSCOPE} --local-dir DIR' and pass DIR as --t2v-model"
+    path = Path(ident).expanduser()
+    if path.exists():
+        ident = str(path)
+        if not path.is_dir():
+            raise WeightsNotFoundError(f"--t2v-model {path} is a file; give a ModelScope/Zeroscope diffusers folder "
+                                       "(unet/ vae/ text_encoder/ tokenizer/ scheduler/) or a hub id")
+        for sub, marker in MODELSCOPE_SUBFOLDERS.items():
+            if not (path / sub / marker).is_file():
+                raise WeightsNotFoundError(f"{path} is not a ModelScope/Zeroscope diffusers folder: {sub}/{marker} is "
+                                           f"missing; {fetch}")
+    elif not is_hub_id(ident):
+        raise WeightsNotFoundError(f"text-to-video weights not found at {ident!r}; pass a ModelScope/Zeroscope "
+                                   f"diffusers folder or a hub id such as {DEFAULT_MODELSCOPE} as --t2v-model")
+    offline = _offline(cfg)
+    if not offline and is_hub_id(ident) and not hub_reachable() and not in_hub_cache(ident, ["unet/config.json"]):
+        raise WeightsNotFoundError(f"cannot reach the model hub ({hub_endpoint()}) to download {ident} (--t2v-model), "
+                                   f"and it is not in the local cache; {fetch}")
+    kw = {"local_files_only": offline}
+    unet = _load("the text-to-video UNet", "t2v-model", ident, UNet3DConditionModel.from_pretrained, ident,
+                 subfolder="unet", **kw)
+    vae = _load("the VAE", "t2v-model", ident, AutoencoderKL.from_pretrained, ident, subfolder="vae", **kw)
+    text_encoder = _load("the text encoder", "t2v-model", ident, CLIPTextModel.from_pretrained, ident,
+                         subfolder="text_encoder", **kw)
+    tokenizer = _load("the tokenizer", "t2v-model", ident, CLIPTokenizer.from_pretrained, ident, subfolder="tokenizer", **kw)
+    schedule = NoiseSchedule.from_scheduler_config(_scheduler_config(ident, offline, "t2v-model"))
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False)
+        m.eval()  # TemporalConvLayer has dropout 0.1
+        m.to(device=device, dtype=dtype)
+    return ModelBundle(unet, vae, text_encoder, tokenizer, schedule, device, dtype, {"t2v_model": ident},
+                       cfg.attention_backend)
+
+
+@dataclass
+class ImageGuidance:
+    """Stable Diffusion 1.5 as a per-frame image model: UNet, text encoder, tokenizer and noise schedule."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    schedule: NoiseSchedule
+    latent_channels: int
+    scaling_factor: float
+    source: str
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> Tensor:
+        """CLIP-L last hidden states ``(n, 77, 768)`` (SD 1.5's text conditioning)."""
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(self.unet.device))[0].to(self.unet.dtype)
+
+
+def load_image_guidance(cfg: ModelConfig, video: ModelBundle) -> ImageGuidance:
+    """SD 1.5 from ``cfg.base`` (folder or hub id) on ``video``'s device and dtype. When ``video`` was loaded
+    from the same ``base`` (AnimateDiff), its text encoder and tokenizer are shared and only the image UNet
+    is loaded: the 2-D UNet that the motion model was built from."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = cfg.base
+    if Path(base).expanduser().exists():
+        base = str(Path(base).expanduser())
+        check_local_sd15(Path(base))
+    elif not is_hub_id(base):
+        raise WeightsNotFoundError(f"SD 1.5 weights for the image guidance not found at {cfg.base!r}; pass a diffusers "
+                                   f"folder or a hub id such as {DEFAULT_SD15} as --base, or use --no-sd-guidance")
+    offline = _offline(cfg)
+    kw = {"local_files_only": offline}
+    unet = _load("the SD 1.5 UNet", "base", base, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **kw)
+    if video.sources.get("base") == base:
+        text_encoder, tokenizer, vae_config = video.text_encoder, video.tokenizer, video.vae.config
+    else:
+        text_encoder = _load("the SD 1.5 text encoder", "base", base, CLIPTextModel.from_pretrained, base,
+                             subfolder="text_encoder", **kw)
+        tokenizer = _load("the SD 1.5 tokenizer", "base", base, CLIPTokenizer.from_pretrained, base,
+                          subfolder="tokenizer", **kw)
+        vae_config = _load("the SD 1.5 VAE config", "base", base, AutoencoderKL.load_config, base, subfolder="vae", **kw)
+        vae_config = dict(vae_config)
+    get = (lambda k, d=None: vae_config.get(k, d)) if isinstance(vae_config, dict) else (
+        lambda k, d=None: getattr(vae_config, k, d))
+    schedule = NoiseSchedule.from_scheduler_config(_scheduler_config(base, offline, "base"))
+    for m in (unet, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device=video.device, dtype=video.dtype)
+    return ImageGuidance(unet, text_encoder, tokenizer, schedule, int(get("latent_channels", 4)),
+                         float(get("scaling_factor", 0.18215)), base)
+
+
+def check_shared_latent_space(video: ModelBundle, image: ImageGuidance) -> None:
+    """Both guidance models must read one latent: same latent channels (VAE and both UNets) and the same VAE
+    scaling factor (one line naming the mismatch). The video model's VAE encodes and decodes."""
+    v_ch, i_ch = int(video.vae.config.latent_channels), image.latent_channels
+    u_ch = (int(video.unet.config.in_channels), int(image.unet.config.in_channels))
+    if len({v_ch, i_ch, *u_ch}) != 1:
+        raise UserError(f"the text-to-video model ({v_ch} latent channels, UNet {u_ch[0]}) and SD 1.5 ({i_ch} latent "
+                        f"channels, UNet {u_ch[1]}) do not share one latent space; use an SD 1.5 --base with the same "
+                        "VAE, or --no-sd-guidance")
+    if abs(video.scaling_factor - image.scaling_factor) > 1e-6:
+        raise UserError(f"the text-to-video VAE scales latents by {video.scaling_factor:g} but SD 1.5's by "
+                        f"{image.scaling_factor:g}: not one latent space; use --no-sd-guidance or a matching --base")
+
+
+# ------------------------------------------------------------------------------------ Stable Video Diffusion
+
+SVD_HUB_IDS = ("stabilityai/stable-video-diffusion-img2vid", "stabilityai/stable-video-diffusion-img2vid-xt")
+"""The 14-frame model (I2VEdit's base) and the 25-frame ``-xt``; any diffusers folder in their layout loads too."""
+SVD_SCHEDULER = {
+    "num_train_timesteps": 1000, "prediction_type": "v_prediction", "use_karras_sigmas": True,
+    "sigma_min": 0.002, "sigma_max": 700.0, "timestep_type": "continuous", "timestep_spacing": "leading",
+    "interpolation_type": "linear", "steps_offset": 1, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+    "beta_end": 0.012,
+}
+"""SVD's ``EulerDiscreteScheduler`` settings as the official I2VEdit code runs them (v-prediction, Karras σ in
+[0.002, 700], continuous timesteps ``0.25 ln σ``). ``diffusion.edm`` holds the same maths as pure functions."""
+SVD_SUBFOLDERS = {"unet": "config.json", "vae": "config.json", "image_encoder": "config.json",
+                  "feature_extractor": "preprocessor_config.json", "scheduler": "scheduler_config.json"}
+
+
+@dataclass
+class SVDBundle:
+    """Stable Video Diffusion: spatio-temporal UNet, temporal-decoder VAE, CLIP image encoder and its
+    processor, and the Euler scheduler's settings. Latents are ``(B, F, C, h, w)`` as SVD's UNet takes them."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    feature_extractor: object
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    sources: dict[str, str] = field(default_factory=dict)
+    kind: str = "svd"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    fingerprint = ModelBundle.fingerprint
+
+    @torch.no_grad()
+    def encode_image(self, images: Tensor) -> Tensor:
+        """CLIP image embeddings ``(N, 1, D)`` of images ``(N, 3, H, W)`` in [-1, 1]: resized with
+        antialiasing to the encoder's input size in [-1, 1] (as SVD's pipeline), then CLIP-normalised."""
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+            _resize_with_antialiasing,
+        )
+
+        size = int(self.image_encoder.config.image_size)
+        x = _resize_with_antialiasing(images.float(), (size, size))
+        x = ((x + 1) / 2).clamp(0, 1)
+        mean = torch.tensor(self.feature_extractor.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.feature_extractor.image_std).view(1, 3, 1, 1)
+        x = ((x - mean.to(x)) / std.to(x)).to(self.device, self.dtype)
+        return self.image_encoder(x).image_embeds.unsqueeze(1)
+
+    @torch.no_grad()
+    def encode_latents(self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None,
+                       scaled: bool = True, chunk: int = 8) -> Tensor:
+        """VAE latents ``(N, C, h, w)`` of images ``(N, 3, H, W)`` in [-1, 1]: the posterior mode (SVD's
+        conditioning, unscaled) or a sample; times ``scaling_factor`` when ``scaled``."""
+        out = []
+        for i in range(0, images.shape[0], chunk):
+            dist = self.vae.encode(images[i:i + chunk].to(self.device, self.dtype)).latent_dist
+            out.append(dist.sample(generator=generator) if sample else dist.mode())
+        z = torch.cat(out).float()
+        return z * self.scaling_factor if scaled else z
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor, chunk: int = 8) -> Tensor:
+        """Scaled latents ``(1, F, C, h, w)`` -> frames ``(F, 3, H, W)`` in [-1, 1] (``decode_chunk_size`` 8)."""
+        z = latents[0] / self.scaling_factor
+        out = [self.vae.decode(z[i:i + chunk].to(self.dtype), num_frames=len(z[i:i + chunk])).sample
+               for i in range(0, z.shape[0], chunk)]
+        return torch.cat(out).float().clamp(-1, 1)
+
+    def velocity(self, x_in: Tensor, timestep: Tensor | float, embeddings: Tensor, time_ids: Tensor) -> Tensor:
+        """The UNet's v-prediction for ``x_in (B, F, 8, h, w)`` (preconditioned latent ⊕ conditioning latent)
+        at the continuous timestep ``c_noise(σ)``, CLIP embeddings ``(B, 1, D)`` and ``added_time_ids (B, 3)``."""
+        t = torch.as_tensor(timestep, dtype=torch.float32, device=self.device).reshape(())
+        return self.unet(x_in.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype),
+                         added_time_ids=time_ids.to(self.dtype)).sample
+
+
+def check_local_svd(folder: Path, flag: str = "svd", variant: str | None = None) -> None:
+    """One line naming what is wrong with a local SVD diffusers folder: a file, an empty folder, a missing
+    component config, or a component without weights (of the requested ``variant``)."""
+    fetch = (f"download it with 'hf download {SVD_HUB_IDS[0]} --local-dir {folder}' (or the -xt model); the "
+             "folder needs unet/, vae/, image_encoder/, feature_extractor/ and scheduler/")
+    if folder.is_file():
+        raise WeightsNotFoundError(f"--{flag} {folder} is a file; give a diffusers Stable Video Diffusion folder or "
+                                   f"a hub id such as {SVD_HUB_IDS[0]}")
+    if not any(folder.iterdir()):
+        raise WeightsNotFoundError(f"the folder {folder} given as --{flag} is empty; {fetch}")
+    for sub, marker in SVD_SUBFOLDERS.items():
+        if not (folder / sub / marker).is_file():
+            raise WeightsNotFoundError(f"{folder} is not a Stable Video Diffusion folder: {sub}/{marker} is missing; "
+                                       f"{fetch}")
+        if sub in ("unet", "vae", "image_encoder"):
+            weights = [q.name for q in (folder / sub).iterdir() if q.suffix in {".safetensors", ".bin"}]
+            if variant:
+                weights = [w for w in weights if f".{variant}." in w]
+            if not weights:
+                what = f"no {variant} weights (*.{variant}.safetensors)" if variant else "no weights (.safetensors)"
+                fix = "; drop --svd-variant to load the full-precision files" if variant else f"; {fetch}"
+                raise WeightsNotFoundError(f"{folder / sub} has a config but {what}{fix}")
+
+
+def load_svd(ident: str = SVD_HUB_IDS[0], variant: str | None = None, device: str = "auto", dtype: str = "auto",
+             local_files_only: bool = False, flag: str = "svd") -> SVDBundle:
+    """Load Stable Video Diffusion from a hub id or a diffusers folder (optionally the ``fp16`` variant):
+    ``UNetSpatioTemporalConditionModel``, ``AutoencoderKLTemporalDecoder``, ``CLIPVisionModelWithProjection``,
+    ``CLIPImageProcessor``; the scheduler's settings are the official ones (:data:`SVD_SCHEDULER`)."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if variant not in (None, "fp16", "bf16"):
+        raise UserError(f"unknown weights variant {variant!r}; use fp16 (SVD's half-precision files) or leave it out")
+    path = Path(ident).expanduser()
+    if path.exists():
+        ident = str(path)
+        check_local_svd(path, flag, variant)
+    elif not is_hub_id(ident):
+        raise WeightsNotFoundError(f"Stable Video Diffusion weights not found at {ident!r}; pass a diffusers folder or "
+                                   f"a hub id such as {SVD_HUB_IDS[0]} as --{flag}")
+    elif not local_files_only and not _offline_env() and not hub_reachable():
+        if not in_hub_cache(ident, ["unet/config.json", "vae/config.json", "image_encoder/config.json"]):
+            raise WeightsNotFoundError(
+                f"cannot reach the model hub ({hub_endpoint()}) to download {ident} (--{flag}), and it is not in the "
+                f"local cache; run 'hf download {ident} --local-dir DIR' elsewhere and pass DIR as --{flag}")
+        local_files_only = True
+    kw: dict = {"local_files_only": local_files_only or _offline_env()}
+    wkw = dict(kw, variant=variant) if variant else kw
+    unet = _load("the SVD UNet (unet/)", flag, ident, UNetSpatioTemporalConditionModel.from_pretrained, ident,
+                 subfolder="unet", **wkw)
+    vae = _load("the SVD VAE (vae/)", flag, ident, AutoencoderKLTemporalDecoder.from_pretrained, ident,
+                subfolder="vae", **wkw)
+    image_encoder = _load("the CLIP image encoder (image_encoder/)", flag, ident,
+                          CLIPVisionModelWithProjection.from_pretrained, ident, subfolder="image_encoder", **wkw)
+    feature_extractor = _load("the CLIP image processor (feature_extractor/)", flag, ident,
+                              CLIPImageProcessor.from_pretrained, ident, subfolder="feature_extractor", **kw)
+    for m in (unet, vae, image_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device=dev, dtype=dt)
+    return SVDBundle(unet, vae, image_encoder, feature_extractor, dict(SVD_SCHEDULER), dev, dt,
+                     {"svd": ident, "variant": variant or ""})
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
