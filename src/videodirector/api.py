@@ -127,6 +127,8 @@ class Editor:
         check_blocks(self.models.unet, self.cfg)
         self.method = METHODS[method][0](self.models, self.cfg)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        if hasattr(self.method, "tuning_cache"):  # weights tuned per clip are cached beside the inversions
+            self.method.tuning_cache = self.cache_dir.parent / "tuned"
 
     # ---------------------------------------------------------------- inputs
     def load_inputs(self) -> tuple[Tensor, Tensor]:
@@ -134,6 +136,8 @@ class Editor:
 
     def check_prompts(self, target_prompt: str | None = None) -> None:
         """Fail fast (before any inversion) on prompt words that the edit cannot find."""
+        if not getattr(self.method, "needs_prompts", True):  # I2VEdit: an edited first frame, no prompts
+            return
         from .attention.seq_align import require_words
 
         from .attention.seq_align import unknown_words
@@ -166,7 +170,7 @@ class Editor:
         if frames is None or masks is None:
             frames, masks = self.load_inputs()
         source_prompt = source_prompt if source_prompt is not None else self.cfg.prompts.source
-        if not source_prompt:
+        if not source_prompt and getattr(self.method, "needs_prompts", True):
             raise InputError("no source prompt; pass --source-prompt describing the input video")
         check_masks_match(masks, frames)
         key = self.cache_key(frames, masks, source_prompt)
@@ -198,7 +202,7 @@ class Editor:
     @oom_guard
     def edit(self, inversion: Inversion, target_prompt: str | None = None, progress: Progress = no_progress) -> EditResult:
         target = target_prompt if target_prompt is not None else self.cfg.prompts.target
-        if not target:
+        if not target and getattr(self.method, "needs_prompts", True):
             raise InputError("no target prompt; pass --target-prompt with the edited description")
         result = self.method.edit(inversion, target, progress)
         if not torch.isfinite(result.latents).all():
@@ -215,9 +219,9 @@ class Editor:
         fps = self.cfg.output.fps
         extra = dict(extra or {})
         rows = dict(extra.pop("rows", {}))
-        src = to_uint8(inversion.source_frames)
+        src = to_uint8(getattr(self.method, "source_video", lambda inv: inv.source_frames)(inversion))
         edited = to_uint8(result.frames)
-        overlay = mask_overlay(src, inversion.masks)
+        overlay = mask_overlay(src, inversion.masks[: len(src)])
         if "reconstruction" not in rows:
             rows["reconstruction"] = to_uint8(self.method.reconstruct(inversion).cpu())
         recon_psnr = psnr_uint8(rows["reconstruction"], src)

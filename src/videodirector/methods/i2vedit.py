@@ -130,6 +130,12 @@ class I2VEditSettings:
     """Also sample the inversion back without guidance (the reconstruction in result.json); otherwise the
     reconstruction is the VAE round trip of the inversion input."""
 
+    def inversion_settings(self) -> dict[str, Any]:
+        """What stage 1 (inversion and motion LoRAs) reads of these settings: part of the cache key."""
+        return {k: getattr(self, k) for k in ("model", "variant", "num_steps", "chunk_size", "overlap",
+                                              "motion_bucket_id", "noise_aug_strength", "inversion_fps", "sarp",
+                                              "sarp_alpha", "skip_interval")}
+
     def validate(self) -> None:
         def num(key: str, v: float, lo: float, hi: float) -> None:
             if v is None or not math.isfinite(v) or not lo <= v <= hi:
@@ -745,9 +751,10 @@ class I2VEdit:
     def __init__(self, models: SVDBundle, cfg: EditConfig) -> None:
         self.models, self.cfg = models, cfg
         self.s: I2VEditSettings = cfg.settings_for("i2vedit")
-        self.cache_dir: Path | None = None
-        """Set by the API: the motion LoRAs are cached in ``<cache_dir>/../motion_lora/<key>``."""
-        self.num_steps = self.s.num_steps
+        self.tuning_cache: Path | None = None
+        """Set by the API (beside the inversion cache): motion LoRAs are cached in ``<tuning_cache>/i2vedit/<key>``."""
+        self.inversion_steps = self.s.num_steps
+        """Steps of the cached trajectory (the API checks cache entries against it)."""
         self._lora_added = False
         self._loras: dict[str, dict[str, Tensor]] = {}
         self._stores: dict[tuple[str, int], AttentionStore] = {}
@@ -761,11 +768,7 @@ class I2VEdit:
         return load_svd(s.model, s.variant, m.device, m.dtype, m.local_files_only)
 
     def cache_settings(self) -> dict[str, Any]:
-        """The settings the inversion depends on (part of the cache key)."""
-        s = self.s
-        return {"i2vedit": {k: getattr(s, k) for k in ("model", "variant", "num_steps", "chunk_size", "overlap",
-                                                       "motion_bucket_id", "noise_aug_strength", "inversion_fps",
-                                                       "sarp", "sarp_alpha", "skip_interval")}}
+        return {"i2vedit": self.s.inversion_settings()}
 
     def source_video(self, inversion: Inversion) -> Tensor:
         """The source frames without the clips' duplicated overlap frames."""
@@ -883,7 +886,7 @@ class I2VEdit:
             lkey = self._lora_key(key, k)
             if lkey in self._loras:
                 continue
-            folder = self.cache_dir.parent / "motion_lora" / lkey if self.cache_dir is not None else None
+            folder = self.tuning_cache / "i2vedit" / lkey if self.tuning_cache is not None else None
             state = load_lora_cache(folder) if folder is not None and folder.is_dir() else None
             if state is None:
                 self._fresh_lora()
@@ -1023,19 +1026,27 @@ def _make(models: SVDBundle, cfg: EditConfig) -> I2VEdit:
     return I2VEdit(models, cfg)
 
 
-_make.load_models = I2VEdit.load_models  # type: ignore[attr-defined]
+def _register(name: str, overrides: dict[str, Any] | None, doc: str) -> None:
+    """Register a name, with SVD as its models (``base.MODEL_LOADERS``, where the API looks for them)."""
+    from . import base
 
-register("i2vedit", _make, doc="I2VEdit, full method (official-code defaults; needs --first-frame)")
-register("i2vedit-no-lora", _make, {"i2vedit.motion_lora": False}, "ablation: no motion LoRA")
-register("i2vedit-no-sarp", _make, {"i2vedit.sarp": False}, "ablation: no smooth-area random perturbation")
-register("i2vedit-no-matching", _make, {"i2vedit.matching": False}, "ablation: no attention matching")
-register("i2vedit-no-spatial", _make, {"i2vedit.spatial_matching": False}, "ablation: no spatial attention matching")
-register("i2vedit-no-temporal", _make, {"i2vedit.temporal_matching": False},
-         "ablation: no temporal attention selector")
+    register(name, _make, overrides, doc)
+    loaders = getattr(base, "MODEL_LOADERS", None)
+    if loaders is not None:
+        loaders[name] = I2VEdit.load_models
+
+
+_register("i2vedit", None, "I2VEdit, full method (official-code defaults; needs --first-frame)")
+_register("i2vedit-no-lora", {"i2vedit.motion_lora": False}, "ablation: no motion LoRA")
+_register("i2vedit-no-sarp", {"i2vedit.sarp": False}, "ablation: no smooth-area random perturbation")
+_register("i2vedit-no-matching", {"i2vedit.matching": False}, "ablation: no attention matching")
+_register("i2vedit-no-spatial", {"i2vedit.spatial_matching": False}, "ablation: no spatial attention matching")
+_register("i2vedit-no-temporal", {"i2vedit.temporal_matching": False},
+          "ablation: no temporal attention selector")
 for _preset, _beta in BETA_PRESETS.items():
-    register(f"i2vedit-beta-{_preset}", _make, {"i2vedit.temporal_step_thr": list(_beta)},
-             f"β preset {_preset}: temporal stages {_beta}")
-register("i2vedit-no-skip-interval", _make, {"i2vedit.skip_interval": False},
-         "long videos without skip-interval cross-attention")
-register("i2vedit-skip-interval", _make, {"i2vedit.skip_interval": True},
-         "long videos with skip-interval cross-attention to clip 1")
+    _register(f"i2vedit-beta-{_preset}", {"i2vedit.temporal_step_thr": list(_beta)},
+              f"β preset {_preset}: temporal stages {_beta}")
+_register("i2vedit-no-skip-interval", {"i2vedit.skip_interval": False},
+          "long videos without skip-interval cross-attention")
+_register("i2vedit-skip-interval", {"i2vedit.skip_interval": True},
+          "long videos with skip-interval cross-attention to clip 1")
