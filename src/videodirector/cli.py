@@ -158,6 +158,7 @@ _KEYS = {
     "compile": "model.compile", "tau_s": "control.self_replace_steps", "tau_c": "control.cross_replace_steps",
     "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
     "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
+    "lora_steps": "i2vedit.lora_steps", "svd": "i2vedit.model", "svd_variant": "i2vedit.variant",
 }
 
 
@@ -172,9 +173,26 @@ def _numbers(flag: str, text: str, count: int | None = None) -> list[float]:
     return values
 
 
+def _i2vedit_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    """I2VEdit's options: the edited first frame, beta, the mask threshold and its component switches."""
+    out: dict[str, Any] = {}
+    if kw.get("first_frame"):
+        out["i2vedit.first_frames"] = [kw["first_frame"]]
+    if kw.get("temporal_step_thr"):
+        out["i2vedit.temporal_step_thr"] = [float(b) for b in kw["temporal_step_thr"]]
+    if kw.get("mask_thr") is not None:
+        out["i2vedit.mask_thr"] = [kw["mask_thr"], kw["mask_thr"]]
+    for flag, key in (("no_sarp", "i2vedit.sarp"), ("no_motion_lora", "i2vedit.motion_lora"),
+                      ("no_matching", "i2vedit.matching")):
+        if kw.get(flag):
+            out[key] = False
+    return out
+
+
 def _overrides(**kw: Any) -> dict[str, Any]:
     """Dotted config keys from the command-line options (None = not given)."""
     out = {_KEYS[k]: v for k, v in kw.items() if v is not None and k in _KEYS}
+    out.update(_i2vedit_overrides(kw))
     if kw.get("edit_words"):
         words = [w.strip() for w in kw["edit_words"].split(",") if w.strip()]
         out["prompts.equalizer_words"] = words
@@ -218,6 +236,13 @@ def _preflight(out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], 
         check_output_location(out, overwrite, inputs=[i for i in inputs if i])
     if use_cache:
         check_cache_location(cache_dir or default_cache_dir())
+
+
+def _needs_prompts(method: str) -> bool:
+    """False for methods driven by something else than prompts (I2VEdit: an edited first frame)."""
+    from .methods.base import METHODS
+
+    return getattr(METHODS.get(method, (None,))[0], "needs_prompts", True)
 
 
 def _require_prompts(cfg: Any, target: bool) -> None:
@@ -274,6 +299,19 @@ NullOpt = typer.Option(None, "--null-text", help=_d("multi_frame (paper), shared
 StdgOpt = typer.Option(None, "--stdg", help=_d("STDG coefficients eta_f,eta_b,zeta_f,zeta_b.", "0.5,0.5,0,0.5"))
 CacheOpt = typer.Option(None, "--cache-dir", help=_d("Inversion cache folder.", "~/.cache/videodirector/inversions"))
 MethodOpt = typer.Option("videodirector", "--method", help="Method or ablation name (see 'videodirector bench --list').")
+FirstFrameOpt = typer.Option(None, "--first-frame", help="I2VEdit: the video's first frame, edited with any image "
+                             "tool (png/jpg). \\[default: the config's i2vedit.first_frames]")
+SvdOpt = typer.Option(None, "--svd", help=_d("I2VEdit: Stable Video Diffusion hub id or diffusers folder.",
+                                             "stabilityai/stable-video-diffusion-img2vid"))
+SvdVariantOpt = typer.Option(None, "--svd-variant", help="I2VEdit: weights variant, fp16 for SVD's half-precision "
+                             "files. \\[default: none]")
+LoraStepsOpt = typer.Option(None, "--lora-steps", help=_d("I2VEdit: motion-LoRA training steps per clip.", 250))
+BetaOpt = typer.Option(None, "--temporal-step-thr", help=_d("I2VEdit: temporal stage boundaries B1 B2 (local 0.5 0.8, "
+                       "shape change 0.4 0.5, global 0.8 0.9).", "0.5 0.8"))
+MaskThrOpt = typer.Option(None, "--mask-thr", help=_d("I2VEdit: spatial matching threshold.", 0.35))
+NoSarpOpt = typer.Option(False, "--no-sarp", help="I2VEdit: no smooth-area random perturbation.")
+NoLoraOpt = typer.Option(False, "--no-motion-lora", help="I2VEdit: no motion LoRA.")
+NoMatchOpt = typer.Option(False, "--no-matching", help="I2VEdit: no attention matching.")
 
 
 def _version(value: bool) -> None:
@@ -314,6 +352,10 @@ def edit(
     renoise: Optional[bool] = typer.Option(
         None, "--renoise/--no-renoise",
         help=_d("With --mask-blend: start the edited region from fresh noise (new textures).", "off")),
+    first_frame: Optional[str] = FirstFrameOpt, svd: Optional[str] = SvdOpt, svd_variant: Optional[str] = SvdVariantOpt,
+    lora_steps: Optional[int] = LoraStepsOpt, temporal_step_thr: Optional[tuple[float, float]] = BetaOpt,
+    mask_thr: Optional[float] = MaskThrOpt, no_sarp: bool = NoSarpOpt, no_motion_lora: bool = NoLoraOpt,
+    no_matching: bool = NoMatchOpt,
     method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     out: Path = typer.Option(Path("out/edit"), "--out", help="Output folder (created; must not hold other files)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this tool at --out."),
@@ -323,7 +365,8 @@ def edit(
     contact_sheet.png and result.json (with the reconstruction PSNR)."""
     _threads(threads)
     cfg = _config(config, _overrides(**locals()))
-    _require_prompts(cfg, target=True)
+    if _needs_prompts(method):
+        _require_prompts(cfg, target=True)
     _preflight(out, overwrite, cache_dir, use_cache=not no_cache, inputs=(cfg.input.video, cfg.input.masks))
     from .api import Editor, load_inputs
 

@@ -1026,6 +1026,9 @@ def _make(models: SVDBundle, cfg: EditConfig) -> I2VEdit:
     return I2VEdit(models, cfg)
 
 
+_make.needs_prompts = False  # type: ignore[attr-defined]
+
+
 def _register(name: str, overrides: dict[str, Any] | None, doc: str) -> None:
     """Register a name, with SVD as its models (``base.MODEL_LOADERS``, where the API looks for them)."""
     from . import base
