@@ -230,6 +230,16 @@ registered section is a top-level key of our YAML format and of dotted overrides
 (``video_p2p.tune_steps: 300``), with the same type checks as the built-in sections."""
 
 
+OFFICIAL_FORMATS: dict[str, tuple[Any, Any]] = {}
+"""Other official YAML formats (another method's repository): name -> ``(detect(data) -> bool,
+mapper(data, yaml_folder) -> EditConfig)``, registered by the method module with :func:`register_official_format`."""
+
+
+def register_official_format(name: str, detect: Any, mapper: Any) -> None:
+    """Make :func:`load_config` read a method's official YAML (detected by ``detect``, mapped by ``mapper``)."""
+    OFFICIAL_FORMATS[name] = (detect, mapper)
+
+
 def register_settings(section: str, cls: type) -> None:
     """Make ``section`` a config section parsed into the dataclass ``cls`` (called by a method module)."""
     if not dataclasses.is_dataclass(cls):
@@ -531,7 +541,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ed
         raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(data).__name__}")
-    if is_official(data):
+    other = next((mapper for detect, mapper in OFFICIAL_FORMATS.values() if detect(data)), None)
+    if other is not None:
+        cfg = other(data, p.parent)
+    elif is_official(data):
         cfg = from_official(data, base_dir=p.parent)
     else:
         cfg = from_dict(EditConfig, data)

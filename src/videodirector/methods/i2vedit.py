@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attention.processors import Clock, ControlProcessor, installed
-from ..config import ConfigError, EditConfig, register_settings
+from ..config import ConfigError, EditConfig, register_official_format, register_settings
 from ..diffusion.edm import (
     c_noise, denoised, edit_step_for_inversion_step, euler_step, frame_guidance_scales,
     inversion_schedule, karras_sigmas, loss_weight, sarp, scale_model_input, step_for_sigma, training_sigmas,
@@ -174,6 +174,152 @@ class I2VEditSettings:
 
 
 register_settings("i2vedit", I2VEditSettings)
+
+
+# ============================================================================================ official YAML
+
+OFFICIAL_IGNORED = {
+    "output_dir": "mapped to output.out",
+    "enable_xformers_memory_efficient_attention": "PyTorch's SDPA is always used",
+    "enable_torch_2_attn": "PyTorch's SDPA is always used",
+    "train_motion_lora_only": "ignored: 'videodirector invert --method i2vedit' trains (and caches) the LoRAs alone",
+    "retrain_motion_lora": "ignored: the LoRA cache decides (cached LoRAs are reused; --no-cache trains again)",
+    "visualize_attention_store": "ignored (no attention visualisation)",
+    "visualize_attention_store_steps": "ignored (no attention visualisation)",
+    "save_last_frames": "ignored: the clips are edited in one run, the last latent is passed on in memory",
+    "load_from_last_frames_latents": "ignored: resuming a run at a later clip is not supported",
+    "load_from_previous_consistency_edit_controller": "ignored: resuming a run at a later clip is not supported",
+    "load_from_previous_consistency_store_controller": "ignored: resuming a run at a later clip is not supported",
+    "data_params.normalize": "always true (frames in [-1, 1])",
+    "data_params.save_sampled_frame": "ignored",
+    "data_params.pad_to_fit": "ignored: frames are stretched to input.height x input.width (a notice says so when true)",
+    "data_params.begin_clip_id": "0 is honoured; a later start needs the resume files above (a notice says so)",
+    "train_motion_lora_params.cache_latents": "always: the clip's latents are encoded once",
+    "train_motion_lora_params.cached_latent_dir": "ignored",
+    "train_motion_lora_params.use_unet_lora": "always true",
+    "train_motion_lora_params.save_pretrained_model": "ignored",
+    "train_motion_lora_params.checkpointing_steps": "ignored: the LoRA after i2vedit.lora_steps is cached",
+    "train_motion_lora_params.validation_steps": "ignored: no validation samples during training",
+    "train_motion_lora_params.mixed_precision": "model.dtype decides",
+    "train_motion_lora_params.gradient_checkpointing": "ignored",
+    "train_motion_lora_params.image_encoder_gradient_checkpointing": "ignored (the image encoder is frozen)",
+    "train_motion_lora_params.train_data.use_data_aug": "must be empty (no augmentation), as in every official config",
+    "train_motion_lora_params.train_data.pad_to_fit": "ignored, as data_params.pad_to_fit",
+    "train_motion_lora_params.validation_data": "ignored: no validation samples during training",
+    "attention_matching_params.lora_dir": "ignored: LoRAs come from the cache",
+    "attention_matching_params.load_attention_store": "ignored: the source attention is recorded or replayed",
+    "attention_matching_params.load_consistency_attention_store": "ignored, as load_attention_store",
+    "attention_matching_params.load_consistency_train_attention_store": "ignored, as load_attention_store",
+    "attention_matching_params.registered_modules": "must be the official attn1 of both block kinds",
+    "attention_matching_params.cross_replace_steps": "must be 0 (cross-attention is not controlled)",
+    "attention_matching_params.temporal_self_replace_steps": "must be 1 (the stages alone gate)",
+    "attention_matching_params.spatial_self_replace_steps": "must be 1 (every step is matched)",
+    "attention_matching_params.spatial_attention_chunk_size": "always 1 (one frame at a time)",
+    "long_video_params": "mode skip-interval or auto-regressive (one code path); registered_modules temporal attn1",
+}
+"""Keys of the official I2VEdit YAML that are accepted but not (or not fully) honoured, and why."""
+OFFICIAL_SIGNATURE = {"data_params", "attention_matching_params"}
+SVD_FOLDER_NAMES = {h.split("/")[1]: h for h in SVD_HUB_IDS}
+
+
+def is_official_i2vedit(data: dict[str, Any]) -> bool:
+    return OFFICIAL_SIGNATURE <= set(data)
+
+
+def _f(v: Any, key: str) -> float:
+    """A number of the official YAML (PyYAML reads ``5e-4`` as a string)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"official I2VEdit config key '{key}' must be a number, got {v!r}") from None
+
+
+def from_official_i2vedit(data: dict[str, Any], base_dir: Path | None = None) -> EditConfig:
+    """Map the official I2VEdit YAML (``config/customize_train.yaml``, ``customize_subsequent_edit.yaml``)
+    onto :class:`EditConfig` with method section ``i2vedit``; see :data:`OFFICIAL_IGNORED` for the keys that
+    are accepted without effect. Paths resolve against the working directory, then the YAML's folder."""
+    from ..config import from_dict, resolve_official_path
+    from ..notices import warn
+
+    known_top = {"pretrained_model_path", "seed", "num_steps", "use_sarp", "use_motion_lora", "use_inversed_latents",
+                 "use_attention_matching", "use_consistency_attention_control", "dtype", "data_params",
+                 "train_motion_lora_params", "sarp_params", "attention_matching_params"} | {
+        k for k in OFFICIAL_IGNORED if "." not in k}
+    unknown = sorted(set(data) - known_top)
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' in official I2VEdit config; known keys: "
+                          f"{', '.join(sorted(known_top))}")
+    d = data.get("data_params") or {}
+    tr = data.get("train_motion_lora_params") or {}
+    am = data.get("attention_matching_params") or {}
+    if data.get("use_inversed_latents") is False:
+        raise ConfigError("use_inversed_latents: false (editing from fresh noise) is not supported; set it to true")
+    mode = am.get("control_mode") or {"spatial_self": "masked_copy", "temporal_self": "copy_v2"}
+    if mode != {"spatial_self": "masked_copy", "temporal_self": "copy_v2"}:
+        raise ConfigError(f"attention_matching_params.control_mode {mode} is not supported; the official configs use "
+                          "{spatial_self: masked_copy, temporal_self: copy_v2}")
+    if _f(am.get("cross_replace_steps", 0.0), "cross_replace_steps") != 0.0:
+        raise ConfigError("attention_matching_params.cross_replace_steps must be 0 (cross-attention is not controlled)")
+    if (tr.get("train_data") or {}).get("use_data_aug"):
+        raise ConfigError("train_motion_lora_params.train_data.use_data_aug is not supported; leave it empty (~)")
+    params = am.get("params") or {}
+    edits = [params[k] for k in sorted(params)] or [{}]
+    first = edits[0] or {}
+    if any((e or {}) != first for e in edits[1:]):
+        warn("the official config gives each keyframe its own temporal_step_thr/mask_thr; this run uses edit0's "
+             "for every keyframe")
+    if d.get("pad_to_fit"):
+        warn("data_params.pad_to_fit is not supported: frames are stretched to the output size")
+    begin, end = int(d.get("begin_clip_id", 0) or 0), d.get("end_clip_id")
+    if begin:
+        warn(f"data_params.begin_clip_id={begin}: resuming at a later clip is not supported; this run edits from "
+             "clip 0")
+
+    def path(p: Any) -> str | None:
+        return resolve_official_path(str(p), base_dir) if p not in (None, "") else None
+
+    model = str(data.get("pretrained_model_path") or SVD_HUB_IDS[0])
+    resolved = path(model) or model
+    if not Path(resolved).exists() and Path(model).name in SVD_FOLDER_NAMES:
+        resolved = SVD_FOLDER_NAMES[Path(model).name]  # the README's ckpts/<name> download of the hub model
+    chunk = int(d.get("chunk_size", 14))
+    height, width = (list(d.get("output_res") or [576, 1024]) + [576, 1024])[:2]
+    inp: dict[str, Any] = {"video": path(d.get("video_path")), "height": int(height), "width": int(width)}
+    end_t, fps_s = _f(d.get("end_t", -1), "end_t"), _f(d.get("sample_fps", -1), "sample_fps")
+    if end_t > 0 and fps_s > 0:
+        n = int((end_t - _f(d.get("start_t", 0), "start_t")) * fps_s)
+        if end is not None and begin == 0:
+            n = min(n, int(end) * (chunk - 1) + 1)
+        inp["num_frames"] = n
+    steps = int(tr.get("max_train_steps", 250))
+    if am.get("best_checkpoint_index") is not None:
+        steps = min(steps, int(am["best_checkpoint_index"]))
+    size = tr.get("train_data") or {}
+    out: dict[str, Any] = {
+        "seed": int(data.get("seed", 23)),
+        "input": inp,
+        "output": {"out": str(data.get("output_dir") or "out"), "fps": int(d.get("output_fps", 7))},
+        "i2vedit": {
+            "model": resolved, "variant": "fp16",
+            "first_frames": [path(k) for k in d.get("keyframe_paths") or []],
+            "num_steps": int(data.get("num_steps", 25)), "chunk_size": chunk, "overlap": int(d.get("overlay_size", 1)),
+            "fps": int(d.get("output_fps", 7)), "sarp": bool(data.get("use_sarp", True)),
+            "sarp_alpha": _f((data.get("sarp_params") or {}).get("sarp_noise_scale", 0.005), "sarp_noise_scale"),
+            "motion_lora": bool(data.get("use_motion_lora", True)), "lora_rank": int(tr.get("lora_rank", 32)),
+            "lora_steps": steps, "lora_lr": _f(tr.get("learning_rate", 5e-4), "learning_rate"),
+            "lora_weight_decay": _f(tr.get("adam_weight_decay", 1e-2), "adam_weight_decay"),
+            "lora_dropout": _f(tr.get("lora_unet_dropout", 0.1), "lora_unet_dropout"), "lora_init": "official",
+            "train_size": [int(size["height"]), int(size["width"])] if size.get("height") else None,
+            "lora_scale": _f(am.get("lora_scale", 1.0), "lora_scale"),
+            "matching": bool(data.get("use_attention_matching", True)),
+            "max_guidance_scale": _f(am.get("max_guidance_scale", 2.0), "max_guidance_scale"),
+            "store": "disk" if am.get("disk_store") else "memory",
+            "temporal_step_thr": [_f(v, "temporal_step_thr") for v in first.get("temporal_step_thr", [0.5, 0.8])],
+            "mask_thr": [_f(v, "mask_thr") for v in first.get("mask_thr", [0.35, 0.35])],
+            "skip_interval": bool(data.get("use_consistency_attention_control", False)),
+        },
+    }
+    return from_dict(EditConfig, out)
 
 
 # ============================================================================================ clips
@@ -1026,6 +1172,7 @@ def _make(models: SVDBundle, cfg: EditConfig) -> I2VEdit:
     return I2VEdit(models, cfg)
 
 
+register_official_format("i2vedit", is_official_i2vedit, from_official_i2vedit)
 _make.needs_prompts = False  # type: ignore[attr-defined]
 
 
