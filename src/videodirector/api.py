@@ -28,7 +28,7 @@ from .io.masks import check_masks_match, load_masks
 from .io.outputs import atomic_folder, contact_sheet, hstack_videos, mask_overlay, to_uint8, write_json, write_video
 from .io.video import load_video_with_info
 from .methods import catalog as _catalog  # noqa: F401  (registers every method and its settings)
-from .methods.base import METHODS, EditResult, Inversion, Progress, no_progress
+from .methods.base import METHODS, MODEL_LOADERS, EditResult, Inversion, Progress, no_progress
 from .models.loading import ModelBundle, load_models
 from .notices import warn
 
@@ -123,7 +123,8 @@ class Editor:
         self.method_name = method
         if self.cfg.model.threads:
             torch.set_num_threads(self.cfg.model.threads)
-        self.models = models or load_models(self.cfg.model)
+        loader = MODEL_LOADERS.get(method)
+        self.models = models or (loader(self.cfg) if loader else load_models(self.cfg.model))
         check_blocks(self.models.unet, self.cfg)
         self.method = METHODS[method][0](self.models, self.cfg)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -196,7 +197,8 @@ class Editor:
 
     def _expected_meta(self, frames: Tensor, masks: Tensor, source_prompt: str) -> dict[str, Any]:
         """What a cache entry for these inputs must say of itself (checked on read)."""
-        return {"source_prompt": source_prompt, "num_steps": self.cfg.inversion.num_steps,
+        return {"source_prompt": source_prompt,
+                "num_steps": getattr(self.method, "inversion_steps", self.cfg.inversion.num_steps),
                 "shape": {"source_frames": list(frames.shape), "masks": list(masks.shape)}}
 
     @oom_guard

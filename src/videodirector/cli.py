@@ -159,7 +159,10 @@ _KEYS = {
     "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
     "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
     "lora_steps": "i2vedit.lora_steps", "svd": "i2vedit.model", "svd_variant": "i2vedit.variant",
+    "iterations": "assd.iterations", "lr": "assd.lr", "t2v": "assd.t2v", "t2v_model": "assd.t2v_model",
 }
+_OFF_FLAGS = {"no_smoothing": "assd.smoothing", "no_fusion": "assd.fusion", "no_sd_guidance": "assd.sd_guidance"}
+"""Flags that switch a method's component off (``--no-fusion`` sets ``assd.fusion: false``)."""
 
 
 def _numbers(flag: str, text: str, count: int | None = None) -> list[float]:
@@ -192,6 +195,7 @@ def _i2vedit_overrides(kw: dict[str, Any]) -> dict[str, Any]:
 def _overrides(**kw: Any) -> dict[str, Any]:
     """Dotted config keys from the command-line options (None = not given)."""
     out = {_KEYS[k]: v for k, v in kw.items() if v is not None and k in _KEYS}
+    out.update({key: False for flag, key in _OFF_FLAGS.items() if kw.get(flag)})
     out.update(_i2vedit_overrides(kw))
     if kw.get("edit_words"):
         words = [w.strip() for w in kw["edit_words"].split(",") if w.strip()]
@@ -299,6 +303,14 @@ NullOpt = typer.Option(None, "--null-text", help=_d("multi_frame (paper), shared
 StdgOpt = typer.Option(None, "--stdg", help=_d("STDG coefficients eta_f,eta_b,zeta_f,zeta_b.", "0.5,0.5,0,0.5"))
 CacheOpt = typer.Option(None, "--cache-dir", help=_d("Inversion cache folder.", "~/.cache/videodirector/inversions"))
 MethodOpt = typer.Option("videodirector", "--method", help="Method or ablation name (see 'videodirector bench --list').")
+IterOpt = typer.Option(None, "--iterations", help=_d("ASSD: SGD iterations on the latent.", 200))
+LrOpt = typer.Option(None, "--lr", help=_d("ASSD: SGD learning rate.", 0.1))
+NoSmoothOpt = typer.Option(False, "--no-smoothing", help="ASSD: Video DDS gradient, no sliding smoothing or adaptive mask.")
+NoFusionOpt = typer.Option(False, "--no-fusion", help="ASSD: no weighted attention fusion.")
+NoSdOpt = typer.Option(False, "--no-sd-guidance", help="ASSD: no joint SD 1.5 image guidance.")
+T2vOpt = typer.Option(None, "--t2v", help=_d("ASSD: text-to-video guidance, animatediff or modelscope.", "animatediff"))
+T2vModelOpt = typer.Option(None, "--t2v-model", help=_d("ASSD: ModelScope/Zeroscope hub id or folder (with --t2v "
+                                                        "modelscope).", "ali-vilab/text-to-video-ms-1.7b"))
 FirstFrameOpt = typer.Option(None, "--first-frame", help="I2VEdit: the video's first frame, edited with any image "
                              "tool (png/jpg). \\[default: the config's i2vedit.first_frames]")
 SvdOpt = typer.Option(None, "--svd", help=_d("I2VEdit: Stable Video Diffusion hub id or diffusers folder.",
@@ -356,6 +368,9 @@ def edit(
     lora_steps: Optional[int] = LoraStepsOpt, temporal_step_thr: Optional[tuple[float, float]] = BetaOpt,
     mask_thr: Optional[float] = MaskThrOpt, no_sarp: bool = NoSarpOpt, no_motion_lora: bool = NoLoraOpt,
     no_matching: bool = NoMatchOpt,
+    iterations: Optional[int] = IterOpt, lr: Optional[float] = LrOpt, no_smoothing: bool = NoSmoothOpt,
+    no_fusion: bool = NoFusionOpt, no_sd_guidance: bool = NoSdOpt, t2v: Optional[str] = T2vOpt,
+    t2v_model: Optional[str] = T2vModelOpt,
     method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     out: Path = typer.Option(Path("out/edit"), "--out", help="Output folder (created; must not hold other files)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this tool at --out."),
@@ -429,6 +444,10 @@ def demo(
                                     help="Null-text iterations per step (faithful: 10)."),
     threads: Optional[int] = ThreadsOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this tool at --out."),
+    method: str = typer.Option("videodirector", "--method", help="Method or ablation name (see 'videodirector "
+                               "bench --list')."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1, max=100000,
+                                             help=_d("ASSD: SGD iterations (faithful: 200).", 40)),
 ) -> None:
     """Edit a ShapeWorld clip with the bundled models (offline): red circle -> yellow square, and a
     background edit teal -> orange; writes outputs, ground truth and metrics.json."""
@@ -436,12 +455,16 @@ def demo(
     from .config import EditConfig, apply_overrides, validate
 
     validate(apply_overrides(EditConfig(), {"model.device": device}))
+    from .api import method_config
+
+    method_config(method, EditConfig())  # an unknown method is one line, before any work
     _preflight(out, overwrite, None, use_cache=False)
-    from .world.demo import run_demo
+    from .world.demo import DEMO_ASSD_ITERATIONS, run_demo
 
     _quiet()
     with progress_bar() as cb:
-        metrics = run_demo(out, device, steps, inner_steps, overwrite, cb)
+        metrics = run_demo(out, device, steps, inner_steps, overwrite, cb, method=method,
+                           overrides={"assd.iterations": iterations or DEMO_ASSD_ITERATIONS})
     keys = ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px", "reconstruction_psnr")
     console.print("object edit: " + ", ".join(f"{k}={metrics['edits']['object_edit'][k]:.3f}" for k in keys),
                   highlight=False)

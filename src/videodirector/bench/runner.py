@@ -107,10 +107,13 @@ def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
     return apply_overrides(base, over)
 
 
-def inversion_key(cfg: EditConfig) -> str:
+def inversion_key(cfg: EditConfig, method: str | None = None) -> str:
     """The settings that stage 1 (inversion) reads: methods of a case with the same key (VideoDirector
-    and its attention-control ablations) can share one inversion, since it does not see the target."""
-    return json.dumps(inversion_settings(cfg), sort_keys=True)
+    and its attention-control ablations) can share one inversion, since it does not see the target.
+    Methods built by another factory (ASSD's stage 1 only encodes E(X)) never share with them."""
+    factory = METHODS[method][0] if method in METHODS else None
+    stage1 = f"{factory.__module__}.{factory.__qualname__}" if factory is not None else ""
+    return json.dumps({**inversion_settings(cfg), "stage1": stage1}, sort_keys=True)
 
 
 def inversion_groups(base: EditConfig, methods: list[str], case: Case) -> list[list[str]]:
@@ -118,7 +121,7 @@ def inversion_groups(base: EditConfig, methods: list[str], case: Case) -> list[l
     takes a whole group inverts once."""
     groups: dict[str, list[str]] = {}
     for m in methods:
-        groups.setdefault(inversion_key(case_config(base, m, case)), []).append(m)
+        groups.setdefault(inversion_key(case_config(base, m, case), m), []).append(m)
     return list(groups.values())
 
 
@@ -129,10 +132,9 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: 
     ``shared``: a memo of ``(case id, inversion_key) -> (inversion, reconstruction PSNR)`` filled and
     reused across the methods of a case; the reported ``time_s`` still includes the inversion's time."""
     cfg = case_config(base, method, case)
-    editor = Editor(cfg, method="videodirector", models=editor_models)
-    editor.method_name = method
+    editor = Editor(cfg, method=method, models=editor_models)
     frames, masks = (x[0] for x in render(case.source))
-    key = (case.id, inversion_key(cfg))
+    key = (case.id, inversion_key(cfg, method))
     if shared is not None and key in shared:
         inv, recon_psnr = shared[key]
     else:

@@ -160,3 +160,14 @@ def ddim_sample(
         g = None if guidance is None else guidance[i : i + 1]
         z = ddim_step(eps_fn(z, t), z, schedule.alpha(t), schedule.alpha(t - delta), g, guidance_scale)
     return z
+
+
+def add_noise(z0: Tensor, noise: Tensor, alpha_t: float) -> Tensor:
+    """Forward diffusion ``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) ε`` (DDPM; ASSD Eq. 1)."""
+    return alpha_t**0.5 * z0 + (1 - alpha_t) ** 0.5 * noise
+
+
+def matching_timestep(t: int, source: NoiseSchedule, target: NoiseSchedule) -> int:
+    """The timestep of ``target`` whose ᾱ is nearest to ``source``'s ᾱ_t: one noisy latent, read by two
+    models trained on different schedules, at the noise level it really has (``t`` when they agree)."""
+    return int(torch.argmin((target.alphas_cumprod - source.alphas_cumprod[t]).abs()))

@@ -200,8 +200,8 @@ def _shape_problem(t: dict[str, Tensor], meta: dict[str, Any]) -> str | None:
     if unknown:
         return f"unknown tensor {unknown[0]}"
     lat, masks, src = t["latents"], t["masks"], t["source_frames"]
-    if lat.ndim != 5 or lat.shape[0] < 2 or not lat.is_floating_point():
-        return f"latents have shape {tuple(lat.shape)} ({lat.dtype}), not (T+1, C, F, h, w) floats with T >= 1"
+    if lat.ndim != 5 or lat.shape[0] < 1 or not lat.is_floating_point():
+        return f"latents have shape {tuple(lat.shape)} ({lat.dtype}), not (T+1, C, F, h, w) floats with T >= 0"
     steps, c, f, h, w = lat.shape[0] - 1, *lat.shape[1:]
     if masks.ndim != 4 or masks.shape[:2] != (f, 1):
         return f"masks have shape {tuple(masks.shape)}, not ({f}, 1, H, W) for the latents' {f} frames"
@@ -263,7 +263,9 @@ class EditResult:
 
 
 class EditingMethod(Protocol):
-    """Methods with an inversion stage implement both; others implement ``edit`` from the video."""
+    """Methods with an inversion stage implement both; others implement ``edit`` from the video. A method
+    whose ``invert`` takes no DDIM steps (ASSD only encodes E(X)) says so with ``inversion_steps = 0``
+    (else the cache expects ``inversion.num_steps``)."""
 
     name: str
 
@@ -274,11 +276,18 @@ class EditingMethod(Protocol):
 
 MethodFactory = Callable[..., EditingMethod]
 METHODS: dict[str, tuple[MethodFactory, dict[str, Any], str]] = {}
+MODEL_LOADERS: dict[str, Callable[[Any], Any]] = {}
+"""Methods whose models are not the AnimateDiff bundle: name -> ``loader(cfg: EditConfig)`` (the API calls it
+instead of ``models.loading.load_models(cfg.model)``)."""
 
 
-def register(name: str, factory: MethodFactory, overrides: dict[str, Any] | None = None, doc: str = "") -> None:
-    """Make a method (or a variant of one: the same factory with config overrides) available by name."""
+def register(name: str, factory: MethodFactory, overrides: dict[str, Any] | None = None, doc: str = "",
+             loader: Callable[[Any], Any] | None = None) -> None:
+    """Make a method (or a variant of one: the same factory with config overrides) available by name;
+    ``loader(cfg)`` loads its models when they are not the AnimateDiff bundle."""
     METHODS[name] = (factory, dict(overrides or {}), doc)
+    if loader is not None:
+        MODEL_LOADERS[name] = loader
 
 
 def method_names() -> list[str]:

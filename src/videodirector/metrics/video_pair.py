@@ -22,28 +22,56 @@ from ..io.video import load_video, load_video_with_info
 from .ground_truth import psnr, ssim, temporal_flicker
 
 
-@torch.no_grad()
-def clip_scores(frames: Tensor, prompt: str | None, model_id: str, local_files_only: bool = False) -> dict[str, float]:
-    """``clip_text``: mean over frames of ``100 · max(cos(E_img, E_txt), 0)`` (CLIPScore);
-    ``clip_consistency``: mean cosine similarity of consecutive frames' image embeddings."""
+def load_clip(model_id: str, local_files_only: bool = False):  # noqa: ANN201
+    """``(CLIPModel, CLIPProcessor)`` from a folder or hub id; one line when it cannot be had (no network and
+    not in the local cache, a folder without the model, a damaged file)."""
     from transformers import CLIPModel, CLIPProcessor
 
+    from ..models.loading import hub_reachable, in_hub_cache, is_hub_id
+
+    fetch = f"run 'hf download {model_id} --local-dir DIR' on a machine with internet and pass DIR as --clip-model"
+    if Path(model_id).expanduser().exists():
+        model_id = str(Path(model_id).expanduser())
+    elif not is_hub_id(model_id):
+        raise InputError(f"CLIP model {model_id!r} is neither a folder nor a hub id; pass a CLIP folder "
+                         "(transformers CLIPModel layout) or a hub id such as openai/clip-vit-large-patch14")
+    elif not local_files_only and not in_hub_cache(model_id, ["config.json"]) and not hub_reachable():
+        raise InputError(f"no CLIP model available offline: {model_id} is not in the local cache and the model hub "
+                         f"cannot be reached; {fetch}")
     try:
         model = CLIPModel.from_pretrained(model_id, local_files_only=local_files_only).eval()
         proc = CLIPProcessor.from_pretrained(model_id, local_files_only=local_files_only)
-    except OSError as exc:
-        raise InputError(f"cannot load CLIP model {model_id!r} ({str(exc).splitlines()[0][:120]}); "
-                         "pass a local folder or download it first") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot load CLIP model {model_id!r} ({(str(exc).splitlines() or [''])[0][:120]}); "
+                         f"{fetch}") from None
+    return model, proc
+
+
+@torch.no_grad()
+def clip_scores(frames: Tensor, prompt: str | None, model_id: str, local_files_only: bool = False) -> dict[str, float]:
+    """``clip_text``: mean over frames of ``100 · max(cos(E_img, E_txt), 0)`` (CLIPScore);
+    ``clip_consistency``: mean cosine similarity of consecutive frames' image embeddings.
+    The ASSD paper's Table 1 metrics: ``clip_text_alignment``, the mean over frames of ``cos(E_img, E_txt)``
+    with the target prompt, and ``clip_frame_consistency``, the mean cosine similarity over all pairs of
+    distinct frames (the paper does not say which pairs; Tune-A-Video's protocol uses all pairs)."""
+    model, proc = load_clip(model_id, local_files_only)
     images = [((f.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy() for f in frames]
     pix = proc(images=images, return_tensors="pt")["pixel_values"]
     img = model.get_image_features(pixel_values=pix)
+    img = getattr(img, "pooler_output", img)  # transformers 5 returns a model output
     img = img / img.norm(dim=-1, keepdim=True)
     out = {"clip_consistency": float((img[1:] * img[:-1]).sum(-1).mean())}
+    n = img.shape[0]
+    if n > 1:
+        sims = img @ img.T
+        out["clip_frame_consistency"] = float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
     if prompt:
         tok = proc(text=[prompt], return_tensors="pt", padding=True)
         txt = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"))
+        txt = getattr(txt, "pooler_output", txt)
         txt = txt / txt.norm(dim=-1, keepdim=True)
         out["clip_text"] = float((100 * (img @ txt.T).clamp(min=0)).mean())
+        out["clip_text_alignment"] = float((img @ txt.T).mean())
     return out
 
 

@@ -130,3 +130,45 @@ def save_tiny_random(folder: str | Path, seed: int = 0, arch: ArchSpec | None = 
     if not a.words:
         a.words = list(TEST_WORDS)
     return save_checkpoint(folder, *build_models(a, seed), words=a.words)
+
+
+def unet3d_config(a: ArchSpec) -> dict:
+    """A ModelScope-layout ``UNet3DConditionModel`` (CrossAttnDownBlock3D x3 + DownBlock3D, UpBlock3D +
+    CrossAttnUpBlock3D x3, ``layers_per_block=2``) at ``a``'s widths."""
+    return dict(
+        sample_size=a.sample_size, in_channels=a.latent_channels, out_channels=a.latent_channels, layers_per_block=2,
+        block_out_channels=list(a.unet_channels),
+        down_block_types=["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
+        up_block_types=["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
+        cross_attention_dim=a.text_dim, attention_head_dim=a.attention_heads if isinstance(a.attention_heads, int) else 8,
+        norm_num_groups=a.norm_groups,
+    )
+
+
+def save_tiny_modelscope(folder: str | Path, seed: int = 0, arch: ArchSpec | None = None,
+                         scheduler: dict | None = None) -> Path:
+    """Tiny random ModelScope-architecture text-to-video model (``TextToVideoSDPipeline`` layout: unet/ vae/
+    text_encoder/ tokenizer/ scheduler/), saved with ``save_pretrained``; returns the folder. ``scheduler``:
+    the DDIM config (default: the AnimateDiff one of the tiny SD folders, so both share one schedule)."""
+    from diffusers import UNet3DConditionModel
+
+    a = arch or ArchSpec(words=list(TEST_WORDS))
+    if not a.words:
+        a.words = list(TEST_WORDS)
+    folder = Path(folder)
+    _, _, vae, text = build_models(a, seed)
+    torch.manual_seed(seed + 4)
+    unet = UNet3DConditionModel(**unet3d_config(a))
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    text.save_pretrained(folder / "text_encoder")
+    build_clip_tokenizer(a.words, folder / "tokenizer")
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDIMScheduler", **(scheduler or ANIMATEDIFF_SCHEDULER)}, indent=2))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+    }, indent=2))
+    return folder

@@ -46,20 +46,26 @@ def demo_config(device: str = "auto", steps: int = 15, inner_steps: int = 3) -> 
     })
 
 
+DEMO_ASSD_ITERATIONS = 40
+"""ASSD's SGD iterations in the demo (the paper's 200 take about 10 minutes on a 2-core CPU)."""
+
+
 def run_demo(out: str | Path, device: str = "auto", steps: int = 15, inner_steps: int = 3, overwrite: bool = False,
-             progress: Progress = no_progress, use_cache: bool = False) -> dict[str, Any]:
+             progress: Progress = no_progress, use_cache: bool = False, method: str = "videodirector",
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The two demo edits with ``method`` (any registered name), ``overrides`` applied to its config."""
     spec = demo_spec()
     frames, masks = (x[0] for x in render(spec))
-    base = demo_config(device, steps, inner_steps)
+    base = apply_overrides(demo_config(device, steps, inner_steps), overrides or {})
     editor = None
     metrics: dict[str, Any] = {"edits": {}}
     with atomic_folder(out, overwrite) as tmp:
         for name, change, overrides in DEMO_EDITS:
             cfg = apply_overrides(base, overrides)
             if editor is None:
-                editor = Editor(cfg)
+                editor = Editor(cfg, method=method)
             else:  # same weights, other settings
-                editor = Editor(cfg, models=editor.models)
+                editor = Editor(cfg, method=method, models=editor.models)
             target = spec.edited(**change)
             inv = editor.invert(frames, masks, spec.caption(), progress=lambda s, i, n, nm=name: progress(f"{nm}: {s}", i, n),
                                 use_cache=use_cache)
@@ -79,6 +85,7 @@ def run_demo(out: str | Path, device: str = "auto", steps: int = 15, inner_steps
         for k in ("gt_psnr", "background_psnr", "edit_accuracy", "trajectory_error_px"):
             metrics[k] = first[k]
         metrics["source_prompt"] = spec.caption()
+        metrics["method"] = method
         metrics["settings"] = {"steps": steps, "null_inner_steps": inner_steps,
                                "device": str(editor.models.device) if editor else device,
                                "threads": torch.get_num_threads()}
