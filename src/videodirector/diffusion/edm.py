@@ -179,7 +179,9 @@ def sobel_magnitude(frames: Tensor) -> Tensor:
 def sarp_mask(frames: Tensor, threshold: float = SARP_GRADIENT_THRESHOLD) -> Tensor:
     """I2VEdit's smooth-area mask ``M_sarp`` (§4.2, Sobel gradient thresholding): True where
     ``sobel_magnitude <= threshold``. On [-1, 1] frames one 8-bit step already gives ≈ 0.0078, so 0.001
-    selects the pixels whose 3×3 neighbourhood is exactly constant (at the border, constant and 0)."""
+    selects the pixels whose 3×3 neighbourhood is exactly constant (at the border, constant and 0). Sobel's
+    blind spot stays as in the official code: a pixel never enters its own gradient (nor do mirror-symmetric
+    neighbourhoods register), so a lone one-step speck counts as smooth at its own position."""
     return sobel_magnitude(frames) <= threshold
 
 

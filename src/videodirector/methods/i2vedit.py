@@ -762,7 +762,7 @@ def motion_lora_layers(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module
 
 def lora_state(unet: torch.nn.Module) -> dict[str, Tensor]:
     """The LoRA weights (``...lora_A.motion.weight`` / ``lora_B``), float32 on the CPU."""
-    return {n: p.detach().float().cpu().contiguous() for n, p in unet.named_parameters() if ".lora_" in n}
+    return {n: p.detach().float().cpu().clone() for n, p in unet.named_parameters() if ".lora_" in n}  # a copy
 
 
 def load_lora_state(unet: torch.nn.Module, state: dict[str, Tensor]) -> None:
@@ -901,9 +901,11 @@ class I2VEdit:
         """Set by the API (beside the inversion cache): motion LoRAs are cached in ``<tuning_cache>/i2vedit/<key>``."""
         self.inversion_steps = self.s.num_steps
         """Steps of the cached trajectory (the API checks cache entries against it)."""
-        self._lora_added = False
         self._loras: dict[str, dict[str, Tensor]] = {}
         self._stores: dict[tuple[str, int], AttentionStore] = {}
+        for f in self.s.first_frames:  # before any heavy work
+            if not Path(f).expanduser().is_file():
+                raise InputError(f"edited first frame not found: {f}; pass an image file (png/jpg) as --first-frame")
 
     # ------------------------------------------------------------------ API hooks
 
@@ -976,8 +978,7 @@ class I2VEdit:
         kv = AttentionStore(s.store, s.store_dir) if (k == 0 and s.skip_interval) else None
         plan = MatchingPlan(Clock(0, s.num_steps), "record", store=store, kv_record=kv,
                             kv_source=kv_clip1 if k > 0 else None)
-        if self._lora_added:
-            lora_enabled(models.unet, False)
+        lora_enabled(models.unet, False)  # the base model inverts
         with matching(models.unet, plan):
             traj = edm_invert(models, z, cond, s.num_steps, progress, f"EDM inversion, clip {k + 1}", plan)
         old = self._stores.pop((key, k), None)
@@ -1007,8 +1008,7 @@ class I2VEdit:
             kv = AttentionStore(s.store, s.store_dir) if (k == 0 and s.skip_interval) else None
             plan = MatchingPlan(Clock(0, s.num_steps), "record", store=store, kv_record=kv, kv_source=kv1)
             traj = inversion.latents[:, :, o:o + n].permute(0, 2, 1, 3, 4)[:, None].to(models.device)
-            if self._lora_added:
-                lora_enabled(models.unet, False)
+            lora_enabled(models.unet, False)
             with matching(models.unet, plan), torch.no_grad():
                 for i in range(s.num_steps):
                     plan.clock.step = edit_step_for_inversion_step(i, s.num_steps)
@@ -1055,7 +1055,6 @@ class I2VEdit:
     def _fresh_lora(self) -> None:
         """A freshly initialised LoRA for the next clip (added on first use)."""
         add_motion_lora(self.models.unet, self.s)
-        self._lora_added = True
         lora_enabled(self.models.unet, True)
 
     def _use_lora(self, inversion: Inversion, k: int, progress: Progress = no_progress) -> None:
@@ -1063,9 +1062,8 @@ class I2VEdit:
         if state is None:
             self._motion_loras(inversion, progress)
             state = self._loras[self._lora_key(inversion.meta["frames_key"], k)]
-        if not self._lora_added:
+        if not motion_lora_layers(self.models.unet):
             add_motion_lora(self.models.unet, self.s)
-            self._lora_added = True
         load_lora_state(self.models.unet, state)
         lora_enabled(self.models.unet, True, self.s.lora_scale)
 
@@ -1099,7 +1097,7 @@ class I2VEdit:
             for k, (o, n) in enumerate(_offsets(clips)):
                 if s.motion_lora:
                     self._use_lora(inversion, k, progress)
-                elif self._lora_added:
+                else:
                     lora_enabled(models.unet, False)
                 cond = edit_condition(models, cond_image, s, g, latent=prev_latent)
                 # z_T = x_n / √(σ_max² + 1), times init_noise_sigma = √(σ_max² + 1): the inversion's end x_n

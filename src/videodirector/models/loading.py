@@ -626,8 +626,8 @@ def load_svd(ident: str = SVD_HUB_IDS[0], variant: str | None = None, device: st
         m.requires_grad_(False)
         m.eval()
         m.to(device=dev, dtype=dt)
-    return SVDBundle(unet, vae, image_encoder, feature_extractor, dict(SVD_SCHEDULER), dev, dt,
-                     {"svd": ident, "variant": variant or ""})
+    sources = {"svd": ident, **({"svd_variant": variant} if variant else {})}  # fingerprint: no empty paths
+    return SVDBundle(unet, vae, image_encoder, feature_extractor, dict(SVD_SCHEDULER), dev, dt, sources)
 
 
 def _offline_env() -> bool:
