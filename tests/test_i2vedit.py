@@ -452,3 +452,27 @@ def test_methods_and_ablations_are_registered() -> None:
                  "i2vedit-beta-local", "i2vedit-beta-shape", "i2vedit-beta-global", "i2vedit-skip-interval"):
         assert name in METHODS
     assert METHODS["i2vedit-beta-shape"][1] == {"i2vedit.temporal_step_thr": [0.4, 0.5]}
+
+
+def test_i2v_training_entry_runs_resumes_and_exports(tmp_path: Path) -> None:
+    """``world.train --model i2v`` at toy sizes on the CPU: both stages step, a second call resumes from the
+    checkpoint, and the export loads through the SVD loader."""
+    from videodirector.world import train, train_i2v
+
+    steps, batch = dict(train_i2v.STEPS), dict(train_i2v.BATCH)
+    args = ["--model", "i2v", "--tiny", "--device", "cpu", "--out", str(tmp_path / "run"), "--dest",
+            str(tmp_path / "i2v"), "--batch", "vae=1,video=1", "--frames", "3", "--minutes", "5"]
+    try:
+        train.main(args + ["--steps", "vae=1,video=1"])
+        first = torch.load(tmp_path / "run" / "video.pt", weights_only=False)
+        train.main(args + ["--steps", "vae=1,video=2"])
+        second = torch.load(tmp_path / "run" / "video.pt", weights_only=False)
+    finally:
+        train_i2v.STEPS.update(steps)
+        train_i2v.BATCH.update(batch)
+    assert first["step"] == 1 and second["step"] == 2
+    moved = [k for k, v in second["modules"]["unet"].items() if not torch.equal(v, first["modules"]["unet"][k])]
+    assert moved  # the second call trained on from the first one's weights
+    models = load_svd(str(tmp_path / "i2v"), device="cpu")
+    assert type(models.unet).__name__ == "UNetSpatioTemporalConditionModel"
+    assert (tmp_path / "i2v" / "training.json").is_file()

@@ -1175,13 +1175,8 @@ _make.needs_prompts = False  # type: ignore[attr-defined]
 
 
 def _register(name: str, overrides: dict[str, Any] | None, doc: str) -> None:
-    """Register a name, with SVD as its models (``base.MODEL_LOADERS``, where the API looks for them)."""
-    from . import base
-
-    register(name, _make, overrides, doc)
-    loaders = getattr(base, "MODEL_LOADERS", None)
-    if loaders is not None:
-        loaders[name] = I2VEdit.load_models
+    """Register a name, with Stable Video Diffusion as its models (the API loads them with ``load_models``)."""
+    register(name, _make, overrides, doc, loader=I2VEdit.load_models)
 
 
 _register("i2vedit", None, "I2VEdit, full method (official-code defaults; needs --first-frame)")

@@ -690,9 +690,15 @@ def export(out: Path, dest: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m videodirector.world.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["vae", "image", "motion", "export", "all"], default="all")
+    p.add_argument("--model", choices=["t2v", "i2v"], default="t2v",
+                   help="t2v: the text-to-video models (SD 1.5 + motion adapter); i2v: the image-to-video model in "
+                        "Stable Video Diffusion's layout (world.train_i2v; stages vae, video, export)")
+    p.add_argument("--stage", choices=["vae", "image", "motion", "video", "export", "all"], default="all")
     p.add_argument("--out", type=Path, default=Path("runs/shapeworld"), help="checkpoint folder (resumable)")
-    p.add_argument("--dest", type=Path, default=Path(__file__).parent / "weights", help="export folder")
+    p.add_argument("--dest", type=Path, default=None, help="export folder (default: the package's weights/, "
+                   "weights/i2v with --model i2v)")
+    p.add_argument("--tiny", action="store_true", help="--model i2v: toy widths (a CPU check of the code path)")
+    p.add_argument("--frames", type=int, default=16, help="--model i2v: frames per training clip")
     p.add_argument("--minutes", type=float, default=9.0, help="time budget of this call; saves and stops after it")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -718,6 +724,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --init-from: stages to train further from the exported weights, e.g. vae,image,motion "
                         "(vae: decoder only)")
     args = p.parse_args(argv)
+    if args.dest is None:
+        args.dest = Path(__file__).parent / "weights" / ("i2v" if args.model == "i2v" else "")
+    if args.model == "i2v":
+        from .train_i2v import run
+
+        run(args)
+        return
+    if args.stage == "video":
+        p.error("--stage video belongs to --model i2v; the text-to-video stages are vae, image, motion, export")
     for table, spec, cast in ((STAGE_STEPS, args.steps, int), (STAGE_BATCH, args.batch, int),
                               (STAGE_MINUTES, args.stage_minutes, float), (MOTION_STAGE_LR, args.motion_lr, float)):
         for kv in filter(None, spec.split(",")):  # "image=64,motion=24"
