@@ -310,8 +310,18 @@ def test_edit_runs_clips_and_caches_the_lora(svd, tmp_path: Path) -> None:  # no
     res2 = again.edit_from_image(inv, frames[0] * 0.5, lambda s, i, n: stages.append(s))
     assert not any(s.startswith("motion LoRA") for s in stages) and any(s.startswith("attention replay") for s in stages)
     assert torch.allclose(res2.frames, res.frames, atol=1e-4)
-    method.close()
-    again.close()
+    # store: replay records each step just in time instead of keeping all of them: the same edit
+    lean = I2VEdit(models, apply_overrides(cfg, {"i2vedit.store": "replay"}))
+    lean.tuning_cache = tmp_path
+    res3 = lean.edit_from_image(inv, frames[0] * 0.5)
+    assert torch.allclose(res3.frames, res.frames, atol=1e-4)
+    assert 0 < res3.info["replay_step_bytes"] <= res.info["store_bytes"] / 2  # one clip's one step of 3 x 2
+    disk = I2VEdit(models, apply_overrides(cfg, {"i2vedit.store": "disk", "i2vedit.store_dir": str(tmp_path)}))
+    disk.tuning_cache = tmp_path
+    assert torch.allclose(disk.edit_from_image(inv, frames[0] * 0.5).frames, res.frames, atol=1e-4)
+    for m in (method, again, lean, disk):
+        m.close()
+    assert not list(tmp_path.glob("i2vedit-store-*"))  # the disk store's scratch folders are gone
 
 
 # ------------------------------------------------------------------------------------------ configs and errors

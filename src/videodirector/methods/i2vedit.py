@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,9 +118,12 @@ class I2VEditSettings:
     """``ge``: M = 1 where d ≥ thr (official code); ``gt``: d > thr (paper Eq. 8)."""
     temporal_step_thr: list[float] = field(default_factory=lambda: list(BETA_PRESETS["local"]))
     """β₁, β₂ of the temporal attention selector (local [0.5, 0.8], shape change [0.4, 0.5], global [0.8, 0.9])."""
-    store: Literal["memory", "disk"] = "memory"
+    store: Literal["memory", "disk", "replay"] = "memory"
     """Where the recorded source attention lives between inversion and edit: ``memory`` (model dtype, on the
-    device) or ``disk`` (one safetensors file per step in a scratch folder, removed afterwards)."""
+    device), ``disk`` (one safetensors file per step in a scratch folder, removed afterwards) or ``replay``
+    (beyond the official code: nothing is kept; before each edit step one base-model forward on the cached
+    inversion latent of the matching step records that step alone: one step's attention in memory, one
+    batch-1 forward more per step)."""
     store_dir: str | None = None
     """Scratch folder of ``store: disk`` (default: the system's temporary folder)."""
     skip_interval: bool = False
@@ -689,7 +692,8 @@ def edm_invert(models: SVDBundle, latents: Tensor, cond: Condition, num_steps: i
 
 def edm_sample(models: SVDBundle, z: Tensor, cond: Condition, num_steps: int, guidance: Tensor | None,
                generator: torch.Generator, progress: Progress = no_progress, stage: str = "edit",
-               plan: MatchingPlan | None = None, latent_noise: float = 0.0) -> Tensor:
+               plan: MatchingPlan | None = None, latent_noise: float = 0.0,
+               before_step: Callable[[int], None] | None = None) -> Tensor:
     """Deterministic Euler sampling from ``z (1, F, C, h, w)`` at σ_max (already × ``init_noise_sigma``)
     with frame-wise CFG (``guidance (F,)``; None: conditional only). The batch is ``[uncond, cond]``: zero
     CLIP embedding and zero conditioning latent; ``latent_noise · N(0, 1)`` is added to the conditional
@@ -702,6 +706,8 @@ def edm_sample(models: SVDBundle, z: Tensor, cond: Condition, num_steps: int, gu
     tid = cond.time_ids.to(models.device)
     for j in range(num_steps):
         sigma, nxt = float(sigmas[j]), float(sigmas[j + 1])
+        if before_step is not None:
+            before_step(j)
         if plan is not None:
             plan.clock.step = j
         noisy = lat + latent_noise * torch.randn(lat.shape, generator=generator).to(lat) if latent_noise else lat
@@ -903,6 +909,7 @@ class I2VEdit:
         """Steps of the cached trajectory (the API checks cache entries against it)."""
         self._loras: dict[str, dict[str, Tensor]] = {}
         self._stores: dict[tuple[str, int], AttentionStore] = {}
+        self._conds: dict[tuple[str, int], Condition] = {}
         for f in self.s.first_frames:  # before any heavy work
             if not Path(f).expanduser().is_file():
                 raise InputError(f"edited first frame not found: {f}; pass an image file (png/jpg) as --first-frame")
@@ -974,9 +981,10 @@ class I2VEdit:
         x_in = sarp(clip, s.sarp_alpha, g) if s.sarp else clip
         cond = inversion_condition(models, x_in[0], s, g)
         z = models.encode_latents(x_in, sample=True, generator=g)[None]
-        store = AttentionStore(s.store, s.store_dir)
+        replay = s.store == "replay"  # then the edit records each step just in time
+        store = None if replay else AttentionStore(s.store, s.store_dir)
         kv = AttentionStore(s.store, s.store_dir) if (k == 0 and s.skip_interval) else None
-        plan = MatchingPlan(Clock(0, s.num_steps), "record", store=store, kv_record=kv,
+        plan = MatchingPlan(Clock(0, s.num_steps), "plain" if replay else "record", store=store, kv_record=kv,
                             kv_source=kv_clip1 if k > 0 else None)
         lora_enabled(models.unet, False)  # the base model inverts
         with matching(models.unet, plan):
@@ -984,10 +992,38 @@ class I2VEdit:
         old = self._stores.pop((key, k), None)
         if old is not None:
             old.close()
-        self._stores[(key, k)] = store
+        if store is not None:
+            self._stores[(key, k)] = store
         if kv is not None:
             self._stores[(key, -1)] = kv
         return traj, kv
+
+    def _inversion_cond(self, inversion: Inversion, k: int) -> Condition:
+        """Clip k's inversion condition, drawn again from its seeded generator (SARP, then the 0.02 pixel noise)."""
+        memo = self._conds.get((inversion.meta["frames_key"], k))
+        if memo is not None:
+            return memo
+        s = self.s
+        o, n = _offsets(inversion.meta["clips"])[k]
+        g = torch.Generator().manual_seed(self.cfg.seed + 1000 * k)
+        clip = inversion.source_frames[o:o + n].float()
+        x_in = sarp(clip, s.sarp_alpha, g) if s.sarp else clip
+        cond = inversion_condition(self.models, x_in[0], s, g)
+        self._conds[(inversion.meta["frames_key"], k)] = cond
+        return cond
+
+    def _record_forward(self, inversion: Inversion, k: int, i: int, plan: MatchingPlan) -> None:
+        """The base model's forward of inversion step i of clip k (its cached trajectory latent, σ and
+        condition), under ``plan``'s recording processors: what the inversion recorded at that step."""
+        s, models = self.s, self.models
+        levels, ts = inversion_schedule(karras_sigmas(s.num_steps))
+        o, n = _offsets(inversion.meta["clips"])[k]
+        x = inversion.latents[i, :, o:o + n].permute(1, 0, 2, 3)[None].to(models.device)
+        cond = self._inversion_cond(inversion, k)
+        plan.clock.step = edit_step_for_inversion_step(i, s.num_steps)
+        with matching(models.unet, plan), torch.no_grad():
+            models.velocity(unet_input(models, x, float(levels[i]), cond.latent[:, None].to(models.device)),
+                            float(ts[i]), cond.embedding, cond.time_ids.to(models.device))
 
     def _ensure_stores(self, inversion: Inversion, progress: Progress) -> None:
         """After a cache hit the recorded attention is not in this process: replay the UNet over the cached
@@ -996,33 +1032,38 @@ class I2VEdit:
         clips = inversion.meta["clips"]
         if all((key, k) in self._stores for k in range(len(clips))):
             return
-        s, models = self.s, self.models
-        levels, ts = inversion_schedule(karras_sigmas(s.num_steps))
+        s = self.s
         kv1 = None
-        for k, (o, n) in enumerate(_offsets(clips)):
-            g = torch.Generator().manual_seed(self.cfg.seed + 1000 * k)
-            clip = inversion.source_frames[o:o + n].float()
-            x_in = sarp(clip, s.sarp_alpha, g) if s.sarp else clip
-            cond = inversion_condition(models, x_in[0], s, g)
+        lora_enabled(self.models.unet, False)  # the base model inverted
+        for k in range(len(clips)):
             store = AttentionStore(s.store, s.store_dir)
             kv = AttentionStore(s.store, s.store_dir) if (k == 0 and s.skip_interval) else None
             plan = MatchingPlan(Clock(0, s.num_steps), "record", store=store, kv_record=kv, kv_source=kv1)
-            traj = inversion.latents[:, :, o:o + n].permute(0, 2, 1, 3, 4)[:, None].to(models.device)
-            lora_enabled(models.unet, False)
-            with matching(models.unet, plan), torch.no_grad():
-                for i in range(s.num_steps):
-                    plan.clock.step = edit_step_for_inversion_step(i, s.num_steps)
-                    sigma = float(levels[i])
-                    models.velocity(unet_input(models, traj[i], sigma, cond.latent[:, None].to(models.device)),
-                                    float(ts[i]), cond.embedding, cond.time_ids.to(models.device))
-                    for st in (store, kv):
-                        if st is not None:
-                            st.finish_step(plan.clock.step)
-                    progress(f"attention replay, clip {k + 1}", i + 1, s.num_steps)
+            for i in range(s.num_steps):
+                self._record_forward(inversion, k, i, plan)
+                for st in (store, kv):
+                    if st is not None:
+                        st.finish_step(plan.clock.step)
+                progress(f"attention replay, clip {k + 1}", i + 1, s.num_steps)
             self._stores[(key, k)] = store
             if kv is not None:
                 self._stores[(key, -1)] = kv
                 kv1 = kv
+
+    def _replay_step(self, inversion: Inversion, k: int, j: int, store: AttentionStore) -> None:
+        """``store: replay``: just before edit step j of clip k, record what the inversion saw at the matching
+        step (entry n-1-j; with skip-interval, clip 1's keys/values first), holding one step at a time."""
+        s, unet = self.s, self.models.unet
+        i = edit_step_for_inversion_step(j, s.num_steps)
+        store.steps.clear()
+        lora_enabled(unet, False)
+        kv1 = None
+        if s.skip_interval and k > 0:
+            kv1 = AttentionStore()
+            self._record_forward(inversion, 0, i, MatchingPlan(Clock(0, s.num_steps), "plain", kv_record=kv1))
+        self._record_forward(inversion, k, i, MatchingPlan(Clock(0, s.num_steps), "record", store=store,
+                                                           kv_source=kv1))
+        lora_enabled(unet, s.motion_lora, s.lora_scale)
 
     def _motion_loras(self, inversion: Inversion, progress: Progress) -> None:
         """One motion LoRA per clip, cached by clip content, settings and model (like the inversions)."""
@@ -1084,15 +1125,18 @@ class I2VEdit:
                         label: str = "") -> EditResult:
         s, models = self.s, self.models
         t0 = time.perf_counter()
-        if s.matching:
+        replay = s.matching and s.store == "replay"
+        if s.matching and not replay:
             self._ensure_stores(inversion, progress)
         key = inversion.meta["frames_key"]
         clips = inversion.meta["clips"]
         g = torch.Generator().manual_seed(self.cfg.seed)
         outs, latents = [], []
-        kv_edit = AttentionStore(s.store, s.store_dir) if s.skip_interval and len(clips) > 1 else None
+        kv_mode = "memory" if replay else s.store
+        kv_edit = AttentionStore(kv_mode, s.store_dir) if s.skip_interval and len(clips) > 1 else None
         prev_latent: Tensor | None = None
         cond_image = image
+        peak_store = 0
         try:
             for k, (o, n) in enumerate(_offsets(clips)):
                 if s.motion_lora:
@@ -1102,8 +1146,8 @@ class I2VEdit:
                 cond = edit_condition(models, cond_image, s, g, latent=prev_latent)
                 # z_T = x_n / √(σ_max² + 1), times init_noise_sigma = √(σ_max² + 1): the inversion's end x_n
                 z = inversion.latents[-1, :, o:o + n].permute(1, 0, 2, 3)[None].to(models.device).float()
-                plan = MatchingPlan(Clock(0, s.num_steps), "edit" if s.matching else "plain",
-                                    store=self._stores.get((key, k)), cfg=True,
+                store = AttentionStore() if replay else self._stores.get((key, k))
+                plan = MatchingPlan(Clock(0, s.num_steps), "edit" if s.matching else "plain", store=store, cfg=True,
                                     spatial=s.spatial_matching, temporal=s.temporal_matching,
                                     mask_thr=tuple(s.mask_thr), mask_compare=s.mask_compare,
                                     beta=tuple(s.temporal_step_thr), num_frames=n,
@@ -1111,7 +1155,10 @@ class I2VEdit:
                 with matching(models.unet, plan):
                     z0 = edm_sample(models, z, cond, s.num_steps,
                                     frame_guidance_scales(n, s.min_guidance_scale, s.max_guidance_scale), g,
-                                    progress, f"edit, clip {k + 1}", plan, s.noise_aug_strength)
+                                    progress, f"edit, clip {k + 1}", plan, s.noise_aug_strength,
+                                    before_step=(lambda j, k=k, st=store: self._replay_step(inversion, k, j, st))
+                                    if replay else None)
+                peak_store = max(peak_store, store.nbytes() if store is not None else 0)
                 frames = models.decode_latents(z0)
                 outs.append(frames.cpu())
                 latents.append(z0[0].cpu())
@@ -1122,7 +1169,8 @@ class I2VEdit:
         video = join_clips(outs, s.overlap)
         lat = join_clips(latents, s.overlap).permute(1, 0, 2, 3)[None]
         return EditResult(video, lat, label, {"edit": time.perf_counter() - t0},
-                          {"clips": clips, "store_bytes": sum(st.nbytes() for st in self._stores.values())})
+                          {"clips": clips, "store_bytes": sum(st.nbytes() for st in self._stores.values()),
+                           "replay_step_bytes": peak_store if replay else 0})
 
     def _reconstruction_latents(self, inversion: Inversion) -> Tensor:
         """Unguided sampling from z_T with the source first frame's condition: what inversion gives back."""
