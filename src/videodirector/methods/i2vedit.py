@@ -108,6 +108,8 @@ class I2VEditSettings:
     """``[height, width]`` of the LoRA training clips (official: [512, 896] with 576×1024 output); None:
     the output size."""
     lora_scale: float = 1.0
+    gradient_checkpointing: bool = True
+    """Recompute the UNet's activations in the LoRA's backward (official ``gradient_checkpointing: True``)."""
     matching: bool = True
     """Fine-grained attention matching (official ``use_attention_matching``)."""
     spatial_matching: bool = True
@@ -820,6 +822,8 @@ def train_motion_lora(models: SVDBundle, frames: Tensor, s: I2VEditSettings, gen
     losses: list[float] = []
     t0 = time.perf_counter()
     unet.train()
+    if s.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     try:
         with matching(unet, plan):
             for step in range(s.lora_steps):
@@ -839,6 +843,8 @@ def train_motion_lora(models: SVDBundle, frames: Tensor, s: I2VEditSettings, gen
                 progress(stage, step + 1, s.lora_steps)
     finally:
         unet.eval()
+        if s.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
         for p in params:
             p.requires_grad_(False)
     return {"seconds": time.perf_counter() - t0, "loss_first": losses[:5], "loss_last": losses[-5:]}
