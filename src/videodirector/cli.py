@@ -413,6 +413,8 @@ def invert(
     offline: Optional[bool] = OfflineOpt, bundled: bool = BundledOpt, fast_inversion: Optional[str] = FastOpt,
     gradient_checkpointing: Optional[bool] = GcOpt, compile: Optional[bool] = CompileOpt,
     null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
+    svd: Optional[str] = SvdOpt, svd_variant: Optional[str] = SvdVariantOpt, lora_steps: Optional[int] = LoraStepsOpt,
+    no_sarp: bool = NoSarpOpt, no_motion_lora: bool = NoLoraOpt,
     method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute and replace a cached inversion."),
 ) -> None:
@@ -420,7 +422,8 @@ def invert(
     video, masks, prompt, model and settings; later 'edit' runs with new target prompts reuse it."""
     _threads(threads)
     cfg = _config(config, _overrides(**locals()))
-    _require_prompts(cfg, target=False)
+    if _needs_prompts(method):
+        _require_prompts(cfg, target=False)
     _preflight(None, False, cache_dir)
     from .api import Editor, load_inputs
 
