@@ -117,8 +117,9 @@ def oom_guard(fn):  # noqa: ANN001, ANN201
 class Editor:
     """Loads models once; inverts videos (with a cache) and edits them with any registered method."""
 
-    def __init__(self, cfg: EditConfig, method: str = "videodirector", models: ModelBundle | None = None,
+    def __init__(self, cfg: EditConfig, method: str | None = None, models: ModelBundle | None = None,
                  cache_dir: str | Path | None = None) -> None:
+        method = method or cfg.method or "videodirector"  # the config's method (official Video-P2P YAMLs)
         self.cfg = method_config(method, cfg)
         self.method_name = method
         if self.cfg.model.threads:
@@ -183,6 +184,8 @@ class Editor:
                 return inv
             except CacheEntryError as exc:
                 warn(f"{exc}; computing the inversion again and replacing the entry")
+        if hasattr(self.method, "tuning_cache"):  # methods that tune weights per clip cache them beside inversions
+            self.method.tuning_cache = self.cache_dir.parent / "tuned" if use_cache else None
         inv = self.method.invert(frames, masks, source_prompt, progress)
         for name in ("latents", "null_embeddings", "guidance", "reconstruction"):
             value = getattr(inv, name)
@@ -280,8 +283,12 @@ def check_blocks(unet: torch.nn.Module, cfg: EditConfig) -> None:
 def inversion_settings(cfg: EditConfig) -> dict[str, Any]:
     """The settings that stage 1 (inversion) reads besides the video, masks, source prompt and models.
     Part of the inversion cache key; the bench shares one inversion between methods that agree on them."""
-    return {"negative": cfg.prompts.negative, "inversion": asdict(cfg.inversion), "stdg": asdict(cfg.stdg),
-            "seed": cfg.seed}
+    out = {"negative": cfg.prompts.negative, "inversion": asdict(cfg.inversion), "stdg": asdict(cfg.stdg),
+           "seed": cfg.seed}
+    for section, settings in sorted(cfg.method_settings.items()):  # a method section's stage-1 settings
+        if hasattr(settings, "inversion_settings"):
+            out[section] = settings.inversion_settings()
+    return out
 
 
 def bundled_model_config(device: str = "auto", weights: str | Path | None = None) -> dict[str, Any]:

@@ -159,6 +159,8 @@ _KEYS = {
     "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
     "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
     "lora_steps": "i2vedit.lora_steps", "svd": "i2vedit.model", "svd_variant": "i2vedit.variant",
+    "tune_steps": "video_p2p.tune_steps", "fast": "video_p2p.fast", "cross_window": "video_p2p.cross_replace_steps",
+    "temporal_window": "video_p2p.temporal_replace_steps", "frame_attention": "video_p2p.frame_attention",
     "iterations": "assd.iterations", "lr": "assd.lr", "t2v": "assd.t2v", "t2v_model": "assd.t2v_model",
 }
 _OFF_FLAGS = {"no_smoothing": "assd.smoothing", "no_fusion": "assd.fusion", "no_sd_guidance": "assd.sd_guidance"}
@@ -195,14 +197,26 @@ def _i2vedit_overrides(kw: dict[str, Any]) -> dict[str, Any]:
 def _overrides(**kw: Any) -> dict[str, Any]:
     """Dotted config keys from the command-line options (None = not given)."""
     out = {_KEYS[k]: v for k, v in kw.items() if v is not None and k in _KEYS}
-    out.update({key: False for flag, key in _OFF_FLAGS.items() if kw.get(flag)})
     out.update(_i2vedit_overrides(kw))
+    out.update({key: False for flag, key in _OFF_FLAGS.items() if kw.get(flag)})
     if kw.get("edit_words"):
         words = [w.strip() for w in kw["edit_words"].split(",") if w.strip()]
         out["prompts.equalizer_words"] = words
         out["prompts.equalizer_values"] = [float(kw.get("edit_weight") or 1.0)] * len(words)
     if kw.get("stdg"):
         out["stdg.coefficients"] = _numbers("--stdg", kw["stdg"], 4)
+    if kw.get("blend_words"):
+        pair = kw["blend_words"]
+        out["prompts.blend_words_source"], out["prompts.blend_words_target"] = [pair[0]], [pair[1]]
+    if str(kw.get("method") or "").startswith(("video-p2p", "vp2p-")):  # Video-P2P reads its own section
+        if "control.cross_mode" in out:
+            out["video_p2p.cross_mode"] = out.pop("control.cross_mode")
+        if "inversion.guidance_scale" in out:  # its CFG is eps_u + s (eps_c - eps_u), official s = 7.5
+            out["video_p2p.guidance_scale"] = out.pop("inversion.guidance_scale")
+        elif kw.get("bundled"):
+            from .api import BUNDLED_GUIDANCE_SCALE
+
+            out["video_p2p.guidance_scale"] = BUNDLED_GUIDANCE_SCALE + 1.0  # the same guidance as w = 3
     if kw.get("bundled"):
         given = [f for f, k in (("--base", "base"), ("--motion-adapter", "motion_adapter"),
                                 ("--single-file", "single_file")) if kw.get(k)]
@@ -240,6 +254,18 @@ def _preflight(out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], 
         check_output_location(out, overwrite, inputs=[i for i in inputs if i])
     if use_cache:
         check_cache_location(cache_dir or default_cache_dir())
+
+
+def _method(method: Optional[str], config: Optional[Path]) -> str:
+    """The method to run: ``--method``, else the one the config was written for, else VideoDirector."""
+    if method:
+        return method
+    if config is not None:
+        from .config import load_config
+        from .methods import catalog  # noqa: F401  (registers the official formats)
+
+        return load_config(config).method or "videodirector"
+    return "videodirector"
 
 
 def _needs_prompts(method: str) -> bool:
@@ -302,15 +328,8 @@ CompileOpt = typer.Option(None, "--compile/--no-compile",
 NullOpt = typer.Option(None, "--null-text", help=_d("multi_frame (paper), shared or none.", "multi_frame"))
 StdgOpt = typer.Option(None, "--stdg", help=_d("STDG coefficients eta_f,eta_b,zeta_f,zeta_b.", "0.5,0.5,0,0.5"))
 CacheOpt = typer.Option(None, "--cache-dir", help=_d("Inversion cache folder.", "~/.cache/videodirector/inversions"))
-MethodOpt = typer.Option("videodirector", "--method", help="Method or ablation name (see 'videodirector bench --list').")
-IterOpt = typer.Option(None, "--iterations", help=_d("ASSD: SGD iterations on the latent.", 200))
-LrOpt = typer.Option(None, "--lr", help=_d("ASSD: SGD learning rate.", 0.1))
-NoSmoothOpt = typer.Option(False, "--no-smoothing", help="ASSD: Video DDS gradient, no sliding smoothing or adaptive mask.")
-NoFusionOpt = typer.Option(False, "--no-fusion", help="ASSD: no weighted attention fusion.")
-NoSdOpt = typer.Option(False, "--no-sd-guidance", help="ASSD: no joint SD 1.5 image guidance.")
-T2vOpt = typer.Option(None, "--t2v", help=_d("ASSD: text-to-video guidance, animatediff or modelscope.", "animatediff"))
-T2vModelOpt = typer.Option(None, "--t2v-model", help=_d("ASSD: ModelScope/Zeroscope hub id or folder (with --t2v "
-                                                        "modelscope).", "ali-vilab/text-to-video-ms-1.7b"))
+MethodOpt = typer.Option(None, "--method", help="Method or ablation name (see 'videodirector bench --list'). "
+                         "\\[default: the config's method (video-p2p for official Video-P2P YAMLs), else videodirector]")
 FirstFrameOpt = typer.Option(None, "--first-frame", help="I2VEdit: the video's first frame, edited with any image "
                              "tool (png/jpg). \\[default: the config's i2vedit.first_frames]")
 SvdOpt = typer.Option(None, "--svd", help=_d("I2VEdit: Stable Video Diffusion hub id or diffusers folder.",
@@ -324,6 +343,14 @@ MaskThrOpt = typer.Option(None, "--mask-thr", help=_d("I2VEdit: spatial matching
 NoSarpOpt = typer.Option(False, "--no-sarp", help="I2VEdit: no smooth-area random perturbation.")
 NoLoraOpt = typer.Option(False, "--no-motion-lora", help="I2VEdit: no motion LoRA.")
 NoMatchOpt = typer.Option(False, "--no-matching", help="I2VEdit: no attention matching.")
+IterOpt = typer.Option(None, "--iterations", help=_d("ASSD: SGD iterations on the latent.", 200))
+LrOpt = typer.Option(None, "--lr", help=_d("ASSD: SGD learning rate.", 0.1))
+NoSmoothOpt = typer.Option(False, "--no-smoothing", help="ASSD: Video DDS gradient, no sliding smoothing or adaptive mask.")
+NoFusionOpt = typer.Option(False, "--no-fusion", help="ASSD: no weighted attention fusion.")
+NoSdOpt = typer.Option(False, "--no-sd-guidance", help="ASSD: no joint SD 1.5 image guidance.")
+T2vOpt = typer.Option(None, "--t2v", help=_d("ASSD: text-to-video guidance, animatediff or modelscope.", "animatediff"))
+T2vModelOpt = typer.Option(None, "--t2v-model", help=_d("ASSD: ModelScope/Zeroscope hub id or folder (with --t2v "
+                                                        "modelscope).", "ali-vilab/text-to-video-ms-1.7b"))
 
 
 def _version(value: bool) -> None:
@@ -364,14 +391,27 @@ def edit(
     renoise: Optional[bool] = typer.Option(
         None, "--renoise/--no-renoise",
         help=_d("With --mask-blend: start the edited region from fresh noise (new textures).", "off")),
+    iterations: Optional[int] = IterOpt, lr: Optional[float] = LrOpt, no_smoothing: bool = NoSmoothOpt,
+    no_fusion: bool = NoFusionOpt, no_sd_guidance: bool = NoSdOpt, t2v: Optional[str] = T2vOpt,
+    t2v_model: Optional[str] = T2vModelOpt,
+    tune_steps: Optional[int] = typer.Option(None, "--tune-steps", min=0, max=100000,
+                                             help=_d("Video-P2P: stage-1 tuning steps (0: untuned).", 500)),
+    fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help=_d("Video-P2P: no null-text; the source "
+                                        "branch at guidance 1 (official --fast).", "off")),
+    blend_words: Optional[tuple[str, str]] = typer.Option(
+        None, "--blend-words", help="Local blend on word SRC of the source prompt and TGT of the target prompt "
+        "(Video-P2P: its local blend). \[default: none, a global edit]"),
+    cross_window: Optional[float] = typer.Option(None, "--cross-window", help=_d(
+        "Video-P2P: cross-attention control on steps [0, int(r (T+1))).", 0.2)),
+    temporal_window: Optional[float] = typer.Option(None, "--temporal-window", help=_d(
+        "Video-P2P: temporal-attention injection on steps [0, int(T s)).", 0.5)),
+    frame_attention: Optional[str] = typer.Option(None, "--frame-attention", help=_d(
+        "Video-P2P: first (frame 0's keys) or sparse_causal (frames 0 and i-1).", "first")),
     first_frame: Optional[str] = FirstFrameOpt, svd: Optional[str] = SvdOpt, svd_variant: Optional[str] = SvdVariantOpt,
     lora_steps: Optional[int] = LoraStepsOpt, temporal_step_thr: Optional[tuple[float, float]] = BetaOpt,
     mask_thr: Optional[float] = MaskThrOpt, no_sarp: bool = NoSarpOpt, no_motion_lora: bool = NoLoraOpt,
     no_matching: bool = NoMatchOpt,
-    iterations: Optional[int] = IterOpt, lr: Optional[float] = LrOpt, no_smoothing: bool = NoSmoothOpt,
-    no_fusion: bool = NoFusionOpt, no_sd_guidance: bool = NoSdOpt, t2v: Optional[str] = T2vOpt,
-    t2v_model: Optional[str] = T2vModelOpt,
-    method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
+    method: Optional[str] = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     out: Path = typer.Option(Path("out/edit"), "--out", help="Output folder (created; must not hold other files)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this tool at --out."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the inversion cache."),
@@ -379,6 +419,7 @@ def edit(
     """Invert (or load the cached inversion) and edit a video; writes edited.mp4/.gif, side_by_side.mp4,
     contact_sheet.png and result.json (with the reconstruction PSNR)."""
     _threads(threads)
+    method = _method(method, config)
     cfg = _config(config, _overrides(**locals()))
     if _needs_prompts(method):
         _require_prompts(cfg, target=True)
@@ -415,12 +456,13 @@ def invert(
     null_text: Optional[str] = NullOpt, stdg: Optional[str] = StdgOpt,
     svd: Optional[str] = SvdOpt, svd_variant: Optional[str] = SvdVariantOpt, lora_steps: Optional[int] = LoraStepsOpt,
     no_sarp: bool = NoSarpOpt, no_motion_lora: bool = NoLoraOpt,
-    method: str = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
+    method: Optional[str] = MethodOpt, cache_dir: Optional[Path] = CacheOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute and replace a cached inversion."),
 ) -> None:
     """Run stage 1 only and store the inversion (latents, null-text, STDG) in the cache, keyed by a hash of
     video, masks, prompt, model and settings; later 'edit' runs with new target prompts reuse it."""
     _threads(threads)
+    method = _method(method, config)
     cfg = _config(config, _overrides(**locals()))
     if _needs_prompts(method):
         _require_prompts(cfg, target=False)
@@ -527,6 +569,8 @@ def bench(
     workers: int = typer.Option(1, "--workers", min=1, help="Run N shard workers in parallel (one GPU: a small "
                                 "model is launch-bound, so they overlap), then gather."),
     threads: Optional[int] = ThreadsOpt,
+    tune_steps: Optional[int] = typer.Option(None, "--tune-steps", min=0, max=100000,
+                                             help=_d("Video-P2P: stage-1 tuning steps.", 500)),
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
     _threads(threads)
@@ -550,14 +594,14 @@ def bench(
     if workers > 1:
         options = ["--suite", suite, "--device", device, "--results", str(results)]
         for flag, value in (("--methods", methods), ("--cases", cases), ("--steps", steps), ("--inner-steps", inner_steps),
-                            ("--guidance-scale", guidance_scale)):
+                            ("--guidance-scale", guidance_scale), ("--tune-steps", tune_steps)):
             if value is not None:
                 options += [flag, str(value)]
         with progress_bar() as cb:
             run_workers(workers, options, suite, names, cases, results, cb)
     with progress_bar() as cb:
         summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only,
-                            guidance_scale)
+                            guidance_scale, {"video_p2p.tune_steps": tune_steps} if tune_steps is not None else None)
     if part:
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return

@@ -260,6 +260,9 @@ class EditConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 42
+    method: str | None = None
+    """The method the config was written for (official Video-P2P YAMLs say ``video-p2p``); the CLI runs it
+    when ``--method`` is not given. None: VideoDirector."""
     method_settings: dict[str, Any] = field(default_factory=dict)
     """Section name -> settings dataclass, for the sections the config set; see :meth:`settings_for`."""
 

@@ -292,3 +292,26 @@ class LocalBlend:
         if step < self.start_step or (mask := self.mask()) is None:
             return z
         return z_ref + mask.to(z) * (z - z_ref)
+
+
+class TemporalInjectionProcessor(ControlProcessor):
+    """Video-P2P's temporal-attention injection (official code; the paper does not describe it): on ``steps``,
+    the edited branch's conditional temporal maps are the source's, ``A_src V_edit``; other rows attend plainly.
+
+    Rows of a temporal layer are ``(branch, pixel)`` over ``ctx.branches`` (the T2S model regroups
+    ``(b f) d c -> (b d) f c``), so each branch is one chunk of the batch.
+    """
+
+    def __init__(self, layer: AttentionLayer, ctx: EditContext, steps: range) -> None:
+        super().__init__(layer)
+        self.ctx, self.steps = ctx, steps
+
+    def attend(self, attn, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # noqa: ANN001
+        ctx = self.ctx
+        out = F.scaled_dot_product_attention(query, key, value)
+        if ctx.clock.step not in self.steps or query.shape[0] % len(ctx.branches):
+            return out
+        q, k, v = (Branches.split(x, ctx.branches) for x in (query, key, value))
+        parts = Branches.split(out, ctx.branches)
+        parts.parts["edit_cond"] = F.scaled_dot_product_attention(q["recon_cond"], k["recon_cond"], v["edit_cond"])
+        return parts.join()

@@ -46,7 +46,7 @@ def call_order_key(name: str) -> tuple[int, int, int, int, int]:
     section = 0 if m.group(1).startswith("down") else 1 if m.group(1) == "mid_block" else 2
     block = int(m.group(2) or m.group(3) or 0)
     module = 0 if m.group(4) == "attentions" else 1
-    return (section, block, int(m.group(5)), module, 0 if name.endswith("attn1") else 1)
+    return (section, block, int(m.group(5)), module, 0 if name.endswith("attn1") else 2 if name.endswith("attn_temp") else 1)
 
 
 def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
@@ -58,7 +58,7 @@ def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
     for n in names:
         m = _BLOCK_RE.match(n)
         block = m.group(1) if m else n.split(".")[0]
-        if ".motion_modules." in n:
+        if ".motion_modules." in n or n.endswith("attn_temp"):  # attn_temp: the T2S model's (models.t2s)
             kind: LayerKind = "temporal"
         elif n.endswith("attn1"):
             kind = "self"
@@ -127,7 +127,9 @@ class ControlProcessor:
         return query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,  # noqa: ANN001
-                 attention_mask: Tensor | None = None, temb: Tensor | None = None, **kwargs) -> Tensor:
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None, num_frames: int | None = None,
+                 **kwargs) -> Tensor:
+        """``num_frames``: passed by the T2S model (``models.t2s``) to every attention layer; unused here."""
         if attention_mask is not None:
             raise NotImplementedError("videodirector processors do not take an attention_mask")
         residual = hidden_states

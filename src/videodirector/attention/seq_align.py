@@ -133,11 +133,31 @@ def refinement_mapper(source: str, target: str, tokenizer, max_len: int = MAX_TO
     return mapper, alphas
 
 
+def word_spans(prompt: str, tokenizer) -> list[list[int]]:  # noqa: ANN001
+    """Token positions (BOS = 0) of each whitespace-separated word of ``prompt``, by position, every token of
+    the word included (prompt-to-prompt's ``get_word_inds`` with a word index)."""
+    ids = tokenizer.encode(prompt)[1:-1]
+    pieces = [tokenizer.decode([i]).strip().lower() for i in ids]
+    spans, pos = [], 0
+    for w in prompt.split():
+        acc, start = "", pos
+        while pos < len(pieces) and len(acc) < len(w):
+            acc += pieces[pos]
+            pos += 1
+        spans.append([i + 1 for i in range(start, pos)])
+    return spans
+
+
 def replacement_mapper(source: str, target: str, tokenizer, max_len: int = MAX_TOKENS) -> Tensor:  # noqa: ANN001
     """Prompt-to-prompt replace mapper: a ``(max_len, max_len)`` matrix ``M`` with ``A_e' = A_r @ M``.
 
-    The prompts must have the same number of words; a word that tokenizes to a different number
-    of tokens spreads its attention evenly.
+    Words are mapped by position (word k of the source to word k of the target), so a repeated word ("a ...
+    a") maps one-to-one, never to every occurrence of itself. Tokens of a word map pairwise when both words
+    have as many tokens; otherwise each target token receives the source word's tokens, each weighted
+    ``1 / n_target`` (prompt-to-prompt's ``get_replacement_mapper``). BOS maps to BOS and the EOS/padding
+    positions after the prompts map with the prompts' token offset (prompt-to-prompt maps them on the
+    diagonal, which misaligns them after a word of another token count). The prompts must have the same
+    number of words.
     """
     ws, wt = source.split(), target.split()
     if len(ws) != len(wt):
@@ -145,25 +165,18 @@ def replacement_mapper(source: str, target: str, tokenizer, max_len: int = MAX_T
                         f"target has {len(wt)}; use --cross-mode refine")
     mapper = torch.zeros(max_len, max_len)
     mapper[0, 0] = 1.0
-    used_t: set[int] = {0}
-    for a, b in zip(ws, wt):
-        si, ti = word_token_indices(source, a, tokenizer), word_token_indices(target, b, tokenizer)
+    for si, ti in zip(word_spans(source, tokenizer), word_spans(target, tokenizer)):
+        si, ti = [i for i in si if i < max_len], [i for i in ti if i < max_len]
         if not si or not ti:
             continue
-        for t in ti:
-            for s in si:
-                mapper[s, t] = 1.0 / len(si)
-            used_t.add(t)
-    n_t = len(tokenizer.encode(target))
-    n_s = len(tokenizer.encode(source))
-    for t in range(max_len):
-        if t not in used_t and t >= n_t - 1:
-            s = min(t - n_t + n_s, max_len - 1)
-            mapper[:, t] = 0.0
-            mapper[s, t] = 1.0
-    for t in range(1, n_t - 1):  # unmatched words (punctuation) map to themselves when possible
-        if mapper[:, t].sum() == 0 and t < n_s:
-            mapper[t, t] = 1.0
+        if len(si) == len(ti):
+            mapper[si, ti] = 1.0  # pairwise
+        else:
+            for t in ti:
+                mapper[si, t] = 1.0 / len(ti)
+    n_s, n_t = len(tokenizer.encode(source)), len(tokenizer.encode(target))
+    for t in range(n_t - 1, max_len):  # EOS and padding, with the prompts' offset
+        mapper[min(t - n_t + n_s, max_len - 1), t] = 1.0
     return mapper
 
 

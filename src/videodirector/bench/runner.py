@@ -25,7 +25,7 @@ from ..api import BUNDLED_GUIDANCE_SCALE, Editor, bundled_model_config, inversio
 from ..config import EditConfig, apply_overrides
 from ..errors import UserError
 from ..io.outputs import atomic_write_bytes, to_uint8, write_json
-from ..methods.base import METHODS, Progress, no_progress
+from ..methods.base import METHODS, MODEL_LOADERS, Progress, no_progress
 from ..world.evaluate import reconstruction_psnr, score_edit
 from ..world.scene import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES, TEXTURES, ClipSpec, render, sample_clip
 
@@ -275,7 +275,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
               max_cases: int | None = None, steps: int | None = None, inner_steps: int | None = None,
               results: Path = Path("benchmarks/results"), progress: Progress = no_progress,
               shard: tuple[int, int] | None = None, stored_only: bool = False,
-              guidance_scale: float | None = None) -> dict[str, Any]:
+              guidance_scale: float | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) ``methods`` on the suite, then write per-method JSON, ``summary.json`` and the report.
 
     ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major with the kinds of edit
@@ -297,9 +297,15 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     if inner_steps:
         over["inversion.null_inner_steps"] = inner_steps
     over["inversion.guidance_scale"] = BUNDLED_GUIDANCE_SCALE if guidance_scale is None else guidance_scale
+    # Video-P2P writes CFG as eps_u + s (eps_c - eps_u): s = w + 1 is the same guidance. Every case is a word
+    # swap (official is_word_swap: replace), blended on the swapped word (the official configs name it).
+    over.update({"video_p2p.guidance_scale": over["inversion.guidance_scale"] + 1.0, "video_p2p.cross_mode": "replace",
+                 "video_p2p.auto_blend_words": True})
+    over.update(overrides or {})
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
     models = None
+    other_models: dict = {}  # loader -> models, for methods registered with their own loader
     shared: dict = {}  # one case's inversions, reused by the methods that invert alike (``inversion_key``)
 
     def record(case: Case, method: str) -> dict[str, Any]:
@@ -308,6 +314,11 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
         f = root / "cases" / method / f"{case.id}.json"
         if f.is_file():
             return json.loads(f.read_text())
+        if method in MODEL_LOADERS:  # a method on other models (Video-P2P's T2S UNet): loaded once per loader
+            loader = MODEL_LOADERS[method]
+            if loader not in other_models:
+                other_models[loader] = loader(base)
+            return _run_and_store(other_models[loader], base, method, case, f, shared)
         if models is None:
             from ..models.loading import load_models
 
