@@ -282,6 +282,11 @@ def test_clip_ranges_and_join_drop_one_frame_per_later_clip() -> None:
     assert clip_ranges(21, 11) == [(0, 11), (10, 11)]
     assert clip_ranges(14, 14) == [(0, 14)]
     assert clip_ranges(48, 14) == [(0, 14), (13, 14), (26, 14), (39, 9)]
+    from videodirector.config import validate
+
+    validate(apply_overrides(EditConfig(), {"input.num_frames": 48, "i2vedit.chunk_size": 14}))  # long videos
+    with pytest.raises(ConfigError, match="32 frames"):
+        validate(apply_overrides(EditConfig(), {"input.num_frames": 48}))  # AnimateDiff's limit stays
     for total, chunk in ((21, 11), (48, 14), (30, 16)):
         clips = clip_ranges(total, chunk)
         video = torch.arange(total)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +134,10 @@ class I2VEditSettings:
     reconstruct: bool = False
     """Also sample the inversion back without guidance (the reconstruction in result.json); otherwise the
     reconstruction is the VAE round trip of the inversion input."""
+
+    MAX_FRAMES: ClassVar[int] = 1024
+    """Frames a run may take (``input.num_frames``): the video is cut into clips, so more than SVD's 14 or
+    AnimateDiff's 32 (a configuration with this section may ask for up to this many)."""
 
     def inversion_settings(self) -> dict[str, Any]:
         """What stage 1 (inversion and motion LoRAs) reads of these settings: part of the cache key."""
