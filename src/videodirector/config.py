@@ -600,7 +600,10 @@ def validate(cfg: EditConfig) -> None:
     if i.height % 8 or i.width % 8 or not (64 <= i.height <= MAX_FRAME_SIDE and 64 <= i.width <= MAX_FRAME_SIDE):
         raise ConfigError(f"input.height and input.width must be multiples of 8 from 64 to {MAX_FRAME_SIDE}, "
                           f"got {i.height}x{i.width}; use e.g. --height 512 --width 512")
-    if not 1 <= i.num_frames <= 32:
+    longest = max([getattr(s, "MAX_FRAMES", 0) for s in cfg.method_settings.values()] + [0])
+    if longest and not 1 <= i.num_frames <= longest:  # a method that cuts videos into clips (I2VEdit)
+        raise ConfigError(f"input.num_frames={i.num_frames}: use 1 to {longest} frames")
+    if not longest and not 1 <= i.num_frames <= 32:
         raise ConfigError(
             f"input.num_frames={i.num_frames}: AnimateDiff's motion modules take 1 to 32 frames; use --frames 16"
         )
