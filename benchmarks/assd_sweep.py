@@ -24,6 +24,10 @@ from videodirector.config import EditConfig, apply_overrides
 from videodirector.world.evaluate import score_edit
 from videodirector.world.scene import OBJECT_COLOURS, SHAPES, render, sample_clip
 
+BASE = {"assd.gamma": [0.25, 0.5, 0.25], "assd.tau": 0.0, "assd.fusion_weight": 0.5, "assd.fusion_blocks": ["up_blocks.3"],
+        "assd.t_min": 50, "assd.t_max": 948, "assd.t2v_guidance_scale": None, "assd.sd_guidance_scale": None,
+        "assd.grad_scale": None}
+"""The setting every variant changes one thing of (stated, so that later changes of the defaults leave it)."""
 VARIANTS: dict[str, dict] = {
     "base": {},
     "grad_scale x3": {"assd.grad_scale": 3 * 2000.0 / 256},
@@ -32,9 +36,15 @@ VARIANTS: dict[str, dict] = {
     "tau 0.1": {"assd.tau": 0.1},
     "gamma 1/3 each": {"assd.gamma": [1 / 3, 1 / 3, 1 / 3]},
     "fused up_blocks.2+3": {"assd.fusion_blocks": ["up_blocks.2", "up_blocks.3"]},
-    "t in [200, 948]": {"assd.t_min": 200},
-    "t in [50, 600]": {"assd.t_max": 600},
+    "t 200-948": {"assd.t_min": 200},
+    "t 50-600": {"assd.t_max": 600},
+    "tau 0.3": {"assd.tau": 0.3},
     "CFG 7.5 (DDS)": {"assd.t2v_guidance_scale": 7.5, "assd.sd_guidance_scale": 7.5},
+    # round 2, around tau 0.3 (the best tau of round 1)
+    "tau 0.3 no smoothing (Video DDS)": {"assd.tau": 0.3, "assd.smoothing": False},
+    "tau 1.0": {"assd.tau": 1.0},
+    "tau 0.3 lambda 0.8": {"assd.tau": 0.3, "assd.fusion_weight": 0.8},
+    "tau 0.3 CFG 7.5 (DDS)": {"assd.tau": 0.3, "assd.t2v_guidance_scale": 7.5, "assd.sd_guidance_scale": 7.5},
 }
 METRICS = ("gt_psnr", "background_psnr", "edit_accuracy", "flicker")
 
@@ -65,7 +75,7 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     base = apply_overrides(EditConfig(), {**bundled_model_config("cpu"), "input.height": 64, "input.width": 64,
                                           "inversion.guidance_scale": BUNDLED_GUIDANCE_SCALE,
-                                          "assd.iterations": a.iterations})
+                                          "assd.iterations": a.iterations, **BASE})
     names = a.variants.split(",") if a.variants else list(VARIANTS)
     models = None
     for name in names:

@@ -71,7 +71,7 @@ class ASSDSettings:
     """Sliding-window smoothing with the adaptive mask (Eqs. 8-10); off: Video DDS (Eq. 7)."""
     gamma: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.25])
     """γ_{i-1}, γ_i, γ_{i+1} of Eq. 8 (window 3), normalised to sum 1."""
-    tau: float = 0.1
+    tau: float = 0.3
     """τ of Eq. 9: smoothed where ``|ε - ε̂| < max_frames |ε - ε̂| - τ``. Must exceed the rounding of the
     predictions: with τ = 0, positions where both branches agree up to rounding get m = 1 in every frame but
     one, and the smoothing alone (``ε̂ - SS(ε̂)``) then moves the unedited video."""
@@ -79,7 +79,7 @@ class ASSDSettings:
     """Eq. 9's mask; off: smooth everywhere (m = 1)."""
     fusion: bool = True
     """Weighted attention fusion in the edit branch (Eqs. 11-13)."""
-    fusion_weight: float = 0.5
+    fusion_weight: float = 0.8
     """λ of Eq. 13: 1 is plain self-attention, 0 attends only to the reference."""
     fusion_blocks: list[str] = field(default_factory=lambda: ["up_blocks.3"])
     """UNet blocks whose spatial self-attentions are fused (the last three in SD/ModelScope layout)."""

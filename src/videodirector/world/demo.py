@@ -54,7 +54,7 @@ takes about 0.5 s), the bundled models' guidance (``s = w + 1``: Video-P2P write
 ``ε_u + s (ε_c - ε_u)``), replace mode and the local blend on the swapped word (both demo edits are word swaps)."""
 
 
-DEMO_ASSD_ITERATIONS = 40
+DEMO_ASSD_ITERATIONS = 30
 """ASSD's SGD iterations in the demo (the paper's 200 take about 10 minutes on a 2-core CPU)."""
 
 
