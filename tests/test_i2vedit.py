@@ -491,3 +491,10 @@ def test_i2v_training_entry_runs_resumes_and_exports(tmp_path: Path) -> None:
     models = load_svd(str(tmp_path / "i2v"), device="cpu")
     assert type(models.unet).__name__ == "UNetSpatioTemporalConditionModel"
     assert (tmp_path / "i2v" / "training.json").is_file()
+    from videodirector.world import check_i2v
+
+    got = check_i2v.main(["--weights", str(tmp_path / "i2v"), "--clips", "1", "--inversions", "1", "--lora-clips", "1",
+                          "--lora-steps", "1", "--steps", "2", "--frames", "3", "--device", "cpu", "--out",
+                          str(tmp_path / "check.json")])  # the quality gate's code path (an untrained model fails it)
+    assert set(check_i2v.TARGETS) <= set(got["met"]) and math.isfinite(got["first_frame_psnr"])
+    assert (tmp_path / "check.json").is_file()
