@@ -304,6 +304,22 @@ def bundled_model_config(device: str = "auto", weights: str | Path | None = None
             "model.local_files_only": True, "model.device": device}
 
 
+def edit_first_frame(cfg: EditConfig, frame: Tensor, source_prompt: str, target_prompt: str,
+                     method: str = "videodirector", progress: Progress = no_progress,
+                     models: ModelBundle | None = None) -> Tensor:
+    """Edit one frame ``(3, H, W)`` in [-1, 1] from text with a method of this toolkit (VideoDirector on a
+    one-frame video, on the text-to-video models of ``cfg.model``: ``--base``/``--motion-adapter`` or
+    ``--bundled``): what I2VEdit's ``--first-frame-prompt`` starts from. Returns the edited frame."""
+    if not source_prompt or not target_prompt:
+        raise InputError("--first-frame-prompt edits frame 0 from text: pass --source-prompt describing the video's first "
+                         "frame too")
+    one = apply_overrides(cfg, {"input.num_frames": 1})
+    editor = Editor(one, method=method, models=models)
+    masks = torch.ones(1, 1, *frame.shape[-2:], dtype=torch.bool)
+    inv = editor.invert(frame[None].float(), masks, source_prompt, progress, use_cache=False)
+    return editor.edit(inv, target_prompt, progress).frames[0]
+
+
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:  # noqa: ANN001
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)

@@ -268,6 +268,27 @@ def _method(method: Optional[str], config: Optional[Path]) -> str:
     return "videodirector"
 
 
+def _first_frame_from_text(cfg: Any, frame: Any, prompt: str, given: bool) -> tuple[Any, str]:
+    """``--first-frame-prompt``: edit frame 0 with VideoDirector on one frame (``api.edit_first_frame``) and
+    hand it to I2VEdit as its edited first frame (a PNG in a scratch folder, removed after the run)."""
+    import tempfile
+
+    from PIL import Image
+
+    from .api import edit_first_frame
+    from .config import apply_overrides
+    from .io.outputs import to_uint8
+
+    if given:
+        raise UserError("--first-frame and --first-frame-prompt both give the edited first frame; keep one")
+    with progress_bar() as cb:
+        edited = edit_first_frame(cfg, frame, cfg.prompts.source, prompt, progress=cb)
+    folder = tempfile.mkdtemp(prefix="videodirector-first-frame-")
+    path = Path(folder) / "first_frame.png"
+    Image.fromarray(to_uint8(edited[None].cpu())[0]).save(path)
+    return apply_overrides(cfg, {"i2vedit.first_frames": [str(path)]}), folder
+
+
 def _needs_prompts(method: str) -> bool:
     """False for methods driven by something else than prompts (I2VEdit: an edited first frame)."""
     from .methods.base import METHODS
@@ -408,6 +429,10 @@ def edit(
     frame_attention: Optional[str] = typer.Option(None, "--frame-attention", help=_d(
         "Video-P2P: first (frame 0's keys) or sparse_causal (frames 0 and i-1).", "first")),
     first_frame: Optional[str] = FirstFrameOpt, svd: Optional[str] = SvdOpt, svd_variant: Optional[str] = SvdVariantOpt,
+    first_frame_prompt: Optional[str] = typer.Option(
+        None, "--first-frame-prompt", help="I2VEdit: edit the first frame from this text instead of --first-frame "
+        "(VideoDirector on one frame with --source-prompt, on the --base/--motion-adapter or --bundled models). "
+        "\\[default: none]"),
     lora_steps: Optional[int] = LoraStepsOpt, temporal_step_thr: Optional[tuple[float, float]] = BetaOpt,
     mask_thr: Optional[float] = MaskThrOpt, no_sarp: bool = NoSarpOpt, no_motion_lora: bool = NoLoraOpt,
     no_matching: bool = NoMatchOpt,
@@ -429,6 +454,10 @@ def edit(
     frames_, masks_ = load_inputs(cfg)  # input mistakes surface before any model loads
     check_interrupt()
     _quiet()
+    scratch, extra = None, {}
+    if first_frame_prompt:
+        cfg, scratch = _first_frame_from_text(cfg, frames_[0], first_frame_prompt, first_frame is not None)
+        extra = {"first_frame_prompt": first_frame_prompt}
     editor = Editor(cfg, method=method, cache_dir=cache_dir)
     editor.check_prompts()
     check_interrupt()
@@ -438,7 +467,11 @@ def edit(
             console.print(f"using cached inversion {inv.meta['cache']['folder']}", highlight=False)
         res = editor.edit(inv, progress=cb)
     check_interrupt()
-    editor.save(res, inv, out, overwrite)
+    editor.save(res, inv, out, overwrite, extra)
+    if scratch is not None:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     console.print(f"wrote {out}/edited.mp4, side_by_side.mp4, contact_sheet.png, result.json", highlight=False)
 
 
