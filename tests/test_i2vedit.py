@@ -462,6 +462,36 @@ def test_bad_input_is_one_line(svd_path: Path, tmp_path: Path, capsys: pytest.Ca
         assert exit_.value.code == 2 and len(lines) == 1 and words in lines[0], lines
 
 
+def test_first_frame_from_text(tiny_paths, capsys: pytest.CaptureFixture, tmp_path: Path, svd_path: Path) -> None:  # noqa: ANN001
+    """``--first-frame-prompt``: VideoDirector on a one-frame video edits frame 0 (tiny AnimateDiff models)."""
+    from videodirector import api, cli
+
+    base, adapter = tiny_paths
+    cfg = apply_overrides(EditConfig(), {"model.base": str(base), "model.motion_adapter": str(adapter),
+                                         "model.device": "cpu", "model.local_files_only": True,
+                                         "inversion.num_steps": 2, "inversion.null_inner_steps": 1,
+                                         "input.height": 64, "input.width": 64})
+    frame = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    edited = api.edit_first_frame(cfg, frame, "a red circle on the blue background",
+                                  "a yellow square on the blue background")
+    assert edited.shape == (3, 64, 64) and torch.isfinite(edited).all()
+    with pytest.raises(InputError, match="--source-prompt"):
+        api.edit_first_frame(cfg, frame, "", "a yellow square")
+    from PIL import Image
+
+    (tmp_path / "vid").mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (10 * i, 80, 160)).save(tmp_path / "vid" / f"{i:03d}.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "f.png")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["edit", "--method", "i2vedit", "--svd", str(svd_path), "--video", str(tmp_path / "vid"), "--frames",
+                  "3", "--height", "64", "--width", "64", "--device", "cpu", "--out", str(tmp_path / "out"),
+                  "--no-cache", "--first-frame", str(tmp_path / "f.png"), "--first-frame-prompt", "a red square"])
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1 and "keep one" in lines[0], lines
+
+
 def test_methods_and_ablations_are_registered() -> None:
     for name in ("i2vedit", "i2vedit-no-lora", "i2vedit-no-sarp", "i2vedit-no-spatial", "i2vedit-no-temporal",
                  "i2vedit-beta-local", "i2vedit-beta-shape", "i2vedit-beta-global", "i2vedit-skip-interval"):
