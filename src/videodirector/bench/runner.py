@@ -125,6 +125,17 @@ def inversion_groups(base: EditConfig, methods: list[str], case: Case) -> list[l
     return list(groups.values())
 
 
+def first_frame_for(method: str, case: Case, base: EditConfig) -> torch.Tensor:
+    """The edited first frame ``(3, H, W)`` that an image-guided method (I2VEdit) propagates: the target's exact
+    frame 0 (the user's edit, so the bench measures propagation alone), or for ``*-text`` variants frame 0 edited
+    from the target prompt by VideoDirector on one frame, on the bundled text-to-video models."""
+    if method.endswith("-text"):
+        from ..api import edit_first_frame
+
+        return edit_first_frame(base, render(case.source)[0][0][0], case.source.caption(), case.target.caption())
+    return render(case.target)[0][0][0]
+
+
 def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: ANN001
              shared: dict[tuple[str, str], tuple[Any, float]] | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Invert, edit and score one (case, method) pair.
@@ -144,7 +155,10 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: 
             if any(k[0] != case.id for k in shared):  # keep one case's inversions: workers go case by case
                 shared.clear()
             shared[key] = (inv, recon_psnr)
-    res = editor.edit(inv, case.target.caption())
+    if getattr(editor.method, "needs_prompts", True):
+        res = editor.edit(inv, case.target.caption())
+    else:  # I2VEdit propagates an edited first frame
+        res = editor.method.edit_from_image(inv, first_frame_for(method, case, base))
     scores = score_edit(res.frames, case.source, case.target)
     scores["reconstruction_psnr"] = recon_psnr
     scores["mean_null_inner_iterations"] = inv.meta.get("mean_inner_iterations", 0.0)
@@ -301,6 +315,9 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     # swap (official is_word_swap: replace), blended on the swapped word (the official configs name it).
     over.update({"video_p2p.guidance_scale": over["inversion.guidance_scale"] + 1.0, "video_p2p.cross_mode": "replace",
                  "video_p2p.auto_blend_words": True})
+    # I2VEdit: the bundled image-to-video model, one 16-frame clip per case
+    over.update({"i2vedit.model": str(Path(bundled_model_config()["model.base"]).parent / "i2v"),
+                 "i2vedit.chunk_size": 16})
     over.update(overrides or {})
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
