@@ -930,6 +930,9 @@ class I2VEdit:
     def load_models(cfg: EditConfig) -> SVDBundle:
         s: I2VEditSettings = cfg.settings_for("i2vedit")
         m = cfg.model
+        if Path(s.model).name == "i2v" and not Path(s.model).exists():
+            raise UserError(f"the bundled ShapeWorld image-to-video model is not trained yet ({s.model} is missing); "
+                            "train it with 'python -m videodirector.world.train --model i2v', or use real SVD (--svd)")
         return load_svd(s.model, s.variant, m.device, m.dtype, m.local_files_only)
 
     def cache_settings(self) -> dict[str, Any]:
@@ -1247,6 +1250,8 @@ _register("i2vedit-no-temporal", {"i2vedit.temporal_matching": False},
 for _preset, _beta in BETA_PRESETS.items():
     _register(f"i2vedit-beta-{_preset}", {"i2vedit.temporal_step_thr": list(_beta)},
               f"β preset {_preset}: temporal stages {_beta}")
+_register("i2vedit-text", None, "bench: frame 0 edited from the target prompt by VideoDirector on one frame "
+          "(--first-frame-prompt), then propagated")
 _register("i2vedit-no-skip-interval", {"i2vedit.skip_interval": False},
           "long videos without skip-interval cross-attention")
 _register("i2vedit-skip-interval", {"i2vedit.skip_interval": True},

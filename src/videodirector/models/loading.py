@@ -548,6 +548,12 @@ class SVDBundle:
         return z * self.scaling_factor if scaled else z
 
     @torch.no_grad()
+    def encode_video(self, frames: Tensor, generator: torch.Generator | None = None, sample: bool = True) -> Tensor:
+        """Frames ``(F, 3, H, W)`` in [-1, 1] -> scaled latents ``(1, F, C, h, w)`` (SVD's layout), the counterpart
+        of :meth:`decode_latents` (``ModelBundle.encode_video``'s signature)."""
+        return self.encode_latents(frames, sample=sample, generator=generator)[None]
+
+    @torch.no_grad()
     def decode_latents(self, latents: Tensor, chunk: int = 8) -> Tensor:
         """Scaled latents ``(1, F, C, h, w)`` -> frames ``(F, 3, H, W)`` in [-1, 1] (``decode_chunk_size`` 8)."""
         z = latents[0] / self.scaling_factor
