@@ -420,6 +420,7 @@ def test_official_yamls_load(tmp_path: Path) -> None:
     assert (s.chunk_size, s.lora_steps, s.lora_rank, s.lora_lr, s.lora_weight_decay) == (11, 250, 32, 5e-4, 1e-2)
     assert s.train_size == [512, 896] and s.skip_interval is False and s.lora_init == "official"
     assert (cfg.input.height, cfg.input.width, cfg.input.num_frames, cfg.seed) == (576, 1024, 11, 23)
+    assert cfg.method == "i2vedit"  # 'videodirector edit customize_train.yaml' runs I2VEdit
     assert len(s.first_frames) == 2 and s.temporal_step_thr == [0.5, 0.8] and s.sarp_alpha == 0.005
     sub = OFFICIAL_TRAIN_YAML.replace("use_consistency_attention_control: false",
                                       "use_consistency_attention_control: true").replace(

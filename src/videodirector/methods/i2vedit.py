@@ -305,6 +305,7 @@ def from_official_i2vedit(data: dict[str, Any], base_dir: Path | None = None) ->
         steps = min(steps, int(am["best_checkpoint_index"]))
     size = tr.get("train_data") or {}
     out: dict[str, Any] = {
+        "method": "i2vedit",  # the CLI runs it when --method is not given
         "seed": int(data.get("seed", 23)),
         "input": inp,
         "output": {"out": str(data.get("output_dir") or "out"), "fps": int(d.get("output_fps", 7))},
