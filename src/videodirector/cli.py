@@ -536,6 +536,13 @@ def demo(
     from .api import method_config
 
     method_config(method, EditConfig())  # an unknown method is one line, before any work
+    if not _needs_prompts(method):  # I2VEdit's demo runs on the bundled image-to-video model
+        from .api import BUNDLED_WEIGHTS
+
+        if not (BUNDLED_WEIGHTS / "i2v" / "unet" / "config.json").is_file():
+            raise UserError(f"the {method} demo needs the bundled ShapeWorld image-to-video model, which is not trained "
+                            "yet; train it with 'python -m videodirector.world.train --model i2v', or edit your own video "
+                            "with real SVD weights: videodirector edit --method i2vedit --first-frame EDITED.png")
     _preflight(out, overwrite, None, use_cache=False)
     from .world.demo import DEMO_ASSD_ITERATIONS, run_demo
 
