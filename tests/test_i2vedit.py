@@ -509,6 +509,18 @@ def test_bench_case_propagates_the_targets_first_frame(svd) -> None:  # noqa: AN
     assert edited.shape == (16, 64, 64, 3) and math.isfinite(scores["gt_psnr"])
 
 
+def test_demo_says_the_bundled_model_is_missing(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from videodirector import cli
+    from videodirector.api import BUNDLED_WEIGHTS
+
+    if (BUNDLED_WEIGHTS / "i2v" / "unet" / "config.json").is_file():
+        pytest.skip("the bundled image-to-video model is trained: the demo runs")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--method", "i2vedit", "--out", str(tmp_path / "demo"), "--device", "cpu"])
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1 and "not trained yet" in lines[0], lines
+
+
 def test_methods_and_ablations_are_registered() -> None:
     for name in ("i2vedit", "i2vedit-no-lora", "i2vedit-no-sarp", "i2vedit-no-spatial", "i2vedit-no-temporal",
                  "i2vedit-beta-local", "i2vedit-beta-shape", "i2vedit-beta-global", "i2vedit-skip-interval",
