@@ -321,10 +321,15 @@ def test_edit_runs_clips_and_caches_the_lora(svd, tmp_path: Path) -> None:  # no
     res3 = lean.edit_from_image(inv, frames[0] * 0.5)
     assert torch.allclose(res3.frames, res.frames, atol=1e-4)
     assert 0 < res3.info["replay_step_bytes"] <= res.info["store_bytes"] / 2  # one clip's one step of 3 x 2
+    assert res3.info["temporal_step_thr"] == [0.5, 0.8]
+    per = I2VEdit(models, apply_overrides(cfg, {"i2vedit.per_first_frame": [{}, {"temporal_step_thr": [0.4, 0.5]}],
+                                                "i2vedit.matching": False}))
+    per.tuning_cache = tmp_path
+    assert per.edit_from_image(inv, frames[0], index=1).info["temporal_step_thr"] == [0.4, 0.5]
     disk = I2VEdit(models, apply_overrides(cfg, {"i2vedit.store": "disk", "i2vedit.store_dir": str(tmp_path)}))
     disk.tuning_cache = tmp_path
     assert torch.allclose(disk.edit_from_image(inv, frames[0] * 0.5).frames, res.frames, atol=1e-4)
-    for m in (method, again, lean, disk):
+    for m in (method, again, lean, disk, per):
         m.close()
     assert not list(tmp_path.glob("i2vedit-store-*"))  # the disk store's scratch folders are gone
 
@@ -433,6 +438,10 @@ def test_official_yamls_load(tmp_path: Path) -> None:
     q.write_text(sub)
     s2 = load_config(q).settings_for("i2vedit")
     assert s2.skip_interval is True and s2.chunk_size == 16
+    q.write_text(sub.replace("edit1: {temporal_step_thr: [0.5, 0.8]", "edit1: {temporal_step_thr: [0.4, 0.5]"))
+    s3 = load_config(q).settings_for("i2vedit")  # each keyframe its own beta (official params.editK)
+    assert s3.per_first_frame == [{"temporal_step_thr": [0.5, 0.8], "mask_thr": [0.35, 0.35]},
+                                  {"temporal_step_thr": [0.4, 0.5], "mask_thr": [0.35, 0.35]}]
     q.write_text(sub.replace("copy_v2", "copy"))
     with pytest.raises(ConfigError, match="control_mode"):
         load_config(q)

@@ -120,6 +120,9 @@ class I2VEditSettings:
     """``ge``: M = 1 where d ≥ thr (official code); ``gt``: d > thr (paper Eq. 8)."""
     temporal_step_thr: list[float] = field(default_factory=lambda: list(BETA_PRESETS["local"]))
     """β₁, β₂ of the temporal attention selector (local [0.5, 0.8], shape change [0.4, 0.5], global [0.8, 0.9])."""
+    per_first_frame: list[dict[str, list[float]]] = field(default_factory=list)
+    """Per edited first frame (same order as ``first_frames``), its own ``temporal_step_thr`` and/or ``mask_thr``
+    (the official ``attention_matching_params.params.editK``); frames without an entry use the two above."""
     store: Literal["memory", "disk", "replay"] = "memory"
     """Where the recorded source attention lives between inversion and edit: ``memory`` (model dtype, on the
     device), ``disk`` (one safetensors file per step in a scratch folder, removed afterwards) or ``replay``
@@ -176,6 +179,12 @@ class I2VEditSettings:
         if len(b) != 2 or not all(isinstance(x, float) and math.isfinite(x) for x in b) or not 0 <= b[0] <= b[1] <= 1:
             raise ConfigError(f"i2vedit.temporal_step_thr={b}: give β1 β2 with 0 <= β1 <= β2 <= 1 (local edits 0.5 "
                               "0.8, shape changes 0.4 0.5, global 0.8 0.9)")
+        for k, entry in enumerate(self.per_first_frame):
+            unknown = set(entry) - {"temporal_step_thr", "mask_thr"}
+            if unknown:
+                raise ConfigError(f"i2vedit.per_first_frame[{k}] has the unknown key {sorted(unknown)[0]!r}; use "
+                                  "temporal_step_thr and mask_thr")
+            I2VEditSettings(**{**{f: getattr(self, f) for f in ("temporal_step_thr", "mask_thr")}, **entry}).validate()
         if self.train_size is not None and (len(self.train_size) != 2 or any(v % 8 or not 64 <= v <= 4096
                                                                               for v in self.train_size)):
             raise ConfigError(f"i2vedit.train_size={self.train_size}: give [height, width], multiples of 8 from 64 "
@@ -272,11 +281,13 @@ def from_official_i2vedit(data: dict[str, Any], base_dir: Path | None = None) ->
     if (tr.get("train_data") or {}).get("use_data_aug"):
         raise ConfigError("train_motion_lora_params.train_data.use_data_aug is not supported; leave it empty (~)")
     params = am.get("params") or {}
-    edits = [params[k] for k in sorted(params)] or [{}]
-    first = edits[0] or {}
-    if any((e or {}) != first for e in edits[1:]):
-        warn("the official config gives each keyframe its own temporal_step_thr/mask_thr; this run uses edit0's "
-             "for every keyframe")
+    edits = [params[k] or {} for k in sorted(params, key=lambda k: int(str(k).removeprefix("edit") or 0))] or [{}]
+    first = edits[0]
+    unknown = sorted({k for e in edits for k in e} - {"temporal_step_thr", "mask_thr"})
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' in attention_matching_params.params; the official configs give "
+                          "temporal_step_thr and mask_thr per keyframe")
+    per_frame = [{k: [_f(v, k) for v in e[k]] for k in ("temporal_step_thr", "mask_thr") if k in e} for e in edits]
     if d.get("pad_to_fit"):
         warn("data_params.pad_to_fit is not supported: frames are stretched to the output size")
     begin, end = int(d.get("begin_clip_id", 0) or 0), d.get("end_clip_id")
@@ -327,6 +338,7 @@ def from_official_i2vedit(data: dict[str, Any], base_dir: Path | None = None) ->
             "temporal_step_thr": [_f(v, "temporal_step_thr") for v in first.get("temporal_step_thr", [0.5, 0.8])],
             "mask_thr": [_f(v, "mask_thr") for v in first.get("mask_thr", [0.35, 0.35])],
             "skip_interval": bool(data.get("use_consistency_attention_control", False)),
+            "per_first_frame": per_frame if len(edits) > 1 else [],
         },
     }
     return from_dict(EditConfig, out)
@@ -1133,11 +1145,17 @@ class I2VEdit:
             raise InputError("no edited first frame; pass --first-frame IMAGE (the video's first frame, edited)")
         h, w = inversion.source_frames.shape[-2:]
         image = load_first_frame(path, h, w)
-        return self.edit_from_image(inversion, image, progress, label=path)
+        index = s.first_frames.index(path) if path in s.first_frames else None
+        return self.edit_from_image(inversion, image, progress, label=path, index=index)
 
     def edit_from_image(self, inversion: Inversion, image: Tensor, progress: Progress = no_progress,
-                        label: str = "") -> EditResult:
+                        label: str = "", index: int | None = None) -> EditResult:
+        """Edit from an edited first frame ``(3, H, W)`` in [-1, 1]; ``index`` (its place in ``first_frames``)
+        picks its own thresholds from ``per_first_frame``."""
         s, models = self.s, self.models
+        own = s.per_first_frame[index] if index is not None and index < len(s.per_first_frame) else {}
+        beta = tuple(own.get("temporal_step_thr", s.temporal_step_thr))
+        mask_thr = tuple(own.get("mask_thr", s.mask_thr))
         t0 = time.perf_counter()
         replay = s.matching and s.store == "replay"
         if s.matching and not replay:
@@ -1163,8 +1181,7 @@ class I2VEdit:
                 store = AttentionStore() if replay else self._stores.get((key, k))
                 plan = MatchingPlan(Clock(0, s.num_steps), "edit" if s.matching else "plain", store=store, cfg=True,
                                     spatial=s.spatial_matching, temporal=s.temporal_matching,
-                                    mask_thr=tuple(s.mask_thr), mask_compare=s.mask_compare,
-                                    beta=tuple(s.temporal_step_thr), num_frames=n,
+                                    mask_thr=mask_thr, mask_compare=s.mask_compare, beta=beta, num_frames=n,
                                     kv_record=kv_edit if k == 0 else None, kv_source=kv_edit if k > 0 else None)
                 with matching(models.unet, plan):
                     z0 = edm_sample(models, z, cond, s.num_steps,
@@ -1183,7 +1200,8 @@ class I2VEdit:
         video = join_clips(outs, s.overlap)
         lat = join_clips(latents, s.overlap).permute(1, 0, 2, 3)[None]
         return EditResult(video, lat, label, {"edit": time.perf_counter() - t0},
-                          {"clips": clips, "store_bytes": sum(st.nbytes() for st in self._stores.values()),
+                          {"clips": clips, "temporal_step_thr": list(beta), "mask_thr": list(mask_thr),
+                           "store_bytes": sum(st.nbytes() for st in self._stores.values()),
                            "replay_step_bytes": peak_store if replay else 0})
 
     def _reconstruction_latents(self, inversion: Inversion) -> Tensor:
