@@ -289,6 +289,15 @@ def _first_frame_from_text(cfg: Any, frame: Any, prompt: str, given: bool) -> tu
     return apply_overrides(cfg, {"i2vedit.first_frames": [str(path)]}), folder
 
 
+def _edit_targets(cfg: Any, method: str) -> list[str]:
+    """What ``edit`` edits towards, one output each: the config's prompt (``''``), or I2VEdit's edited first
+    frames when there are several."""
+    if _needs_prompts(method):
+        return [""]
+    frames = cfg.settings_for("i2vedit").first_frames
+    return list(frames) if len(frames) > 1 else [""]
+
+
 def _needs_prompts(method: str) -> bool:
     """False for methods driven by something else than prompts (I2VEdit: an edited first frame)."""
     from .methods.base import METHODS
@@ -465,9 +474,15 @@ def edit(
         inv = editor.invert(frames_, masks_, progress=cb, use_cache=not no_cache)
         if inv.meta.get("cache", {}).get("hit"):
             console.print(f"using cached inversion {inv.meta['cache']['folder']}", highlight=False)
-        res = editor.edit(inv, progress=cb)
+        targets = _edit_targets(cfg, method)
+        results = [editor.edit(inv, t or None, progress=cb) for t in targets]
     check_interrupt()
-    editor.save(res, inv, out, overwrite, extra)
+    if len(results) > 1:  # I2VEdit with several edited first frames (official keyframe_paths): out/edit0, edit1, ...
+        for k, (t, r) in enumerate(zip(targets, results)):
+            editor.save(r, inv, Path(out) / f"edit{k}", overwrite, {**extra, "first_frame": t})
+        console.print(f"wrote {out}/edit0 ... edit{len(results) - 1}", highlight=False)
+        return
+    editor.save(results[0], inv, out, overwrite, extra)
     if scratch is not None:
         import shutil
 
