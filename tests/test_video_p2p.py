@@ -404,3 +404,25 @@ def test_bundled_edit_caches_the_tuned_weights(tmp_path):
     assert res.frames.shape == (FRAMES, 3, 64, 64) and torch.isfinite(res.frames).all()
     out = again.save(res, inv2, tmp_path / "out")
     assert (out / "edited.mp4").is_file() and (out / "result.json").is_file()
+
+
+def test_cli_bad_video_p2p_input_is_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from videodirector import cli
+
+    def run(args: list[str]) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["videodirector", *args])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        err = capsys.readouterr().err
+        return exc.value.code, err
+
+    bad = tmp_path / "x-p2p.yaml"
+    bad.write_text(P2P + "bogus_key: 1\n")
+    code, err = run(["edit", str(bad), "--out", str(tmp_path / "o")])
+    assert code != 0 and "unknown key 'bogus_key'" in err and len(err.strip().splitlines()) == 1
+    code, err = run(["edit", "--method", "video-p2p", "--bundled", "--video", str(tmp_path / "missing.mp4"),
+                     "--source-prompt", "a red circle", "--target-prompt", "a blue circle", "--cross-window", "3",
+                     "--out", str(tmp_path / "o")])
+    assert code != 0 and "cross_replace_steps" in err and len(err.strip().splitlines()) == 1

@@ -430,7 +430,7 @@ def edit(
                                         "branch at guidance 1 (official --fast).", "off")),
     blend_words: Optional[tuple[str, str]] = typer.Option(
         None, "--blend-words", help="Local blend on word SRC of the source prompt and TGT of the target prompt "
-        "(Video-P2P: its local blend). \[default: none, a global edit]"),
+        "(Video-P2P: its local blend). \\[default: none, a global edit]"),
     cross_window: Optional[float] = typer.Option(None, "--cross-window", help=_d(
         "Video-P2P: cross-attention control on steps [0, int(r (T+1))).", 0.2)),
     temporal_window: Optional[float] = typer.Option(None, "--temporal-window", help=_d(
