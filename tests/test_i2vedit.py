@@ -334,6 +334,25 @@ def test_edit_runs_clips_and_caches_the_lora(svd, tmp_path: Path) -> None:  # no
     assert not list(tmp_path.glob("i2vedit-store-*"))  # the disk store's scratch folders are gone
 
 
+def test_skip_interval_training_reads_clip1_at_the_training_size(svd) -> None:  # noqa: ANN001
+    """With the LoRAs trained at another size than the output (official 512 x 896 vs 576 x 1024), later clips'
+    LoRAs attend to clip 1's keys/values from a second inversion of clip 1 at the training size."""
+    models = copy.copy(svd)
+    models.unet = copy.deepcopy(svd.unet)
+    cfg = apply_overrides(EditConfig(), {"i2vedit.num_steps": 2, "i2vedit.lora_steps": 1, "i2vedit.chunk_size": 3,
+                                         "i2vedit.skip_interval": True, "i2vedit.train_size": [16, 16]})
+    frames = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    stages: list[str] = []
+    method = I2VEdit(models, cfg)
+    inv = method.invert(frames, torch.ones(5, 1, 32, 32, dtype=torch.bool), "", lambda s, i, n: stages.append(s))
+    assert "EDM inversion of clip 1 at the training size" in stages
+    kv = method._stores[(inv.meta["frames_key"], -2)]
+    name = "down_blocks.0.attentions.0.temporal_transformer_blocks.0.attn1"
+    assert kv.get(0, f"{name}/k").shape[0] == 8 * 8  # one row per latent pixel at 16 x 16 (VAE factor 2)
+    assert method._stores[(inv.meta["frames_key"], -1)].get(0, f"{name}/k").shape[0] == 16 * 16  # output size
+    method.close()
+
+
 # ------------------------------------------------------------------------------------------ configs and errors
 
 OFFICIAL_TRAIN_YAML = """

@@ -185,9 +185,9 @@ class I2VEditSettings:
                 raise ConfigError(f"i2vedit.per_first_frame[{k}] has the unknown key {sorted(unknown)[0]!r}; use "
                                   "temporal_step_thr and mask_thr")
             I2VEditSettings(**{**{f: getattr(self, f) for f in ("temporal_step_thr", "mask_thr")}, **entry}).validate()
-        if self.train_size is not None and (len(self.train_size) != 2 or any(v % 8 or not 64 <= v <= 4096
+        if self.train_size is not None and (len(self.train_size) != 2 or any(v % 8 or not 16 <= v <= 4096
                                                                               for v in self.train_size)):
-            raise ConfigError(f"i2vedit.train_size={self.train_size}: give [height, width], multiples of 8 from 64 "
+            raise ConfigError(f"i2vedit.train_size={self.train_size}: give [height, width], multiples of 8 from 16 "
                               "to 4096 (official [512, 896]), or null for the output size")
 
 
@@ -1104,13 +1104,46 @@ class I2VEdit:
             if state is None:
                 self._fresh_lora()
                 g = torch.Generator().manual_seed(self.cfg.seed + 7 + 1000 * k)
-                kv = self._stores.get((key, -1)) if (k > 0 and s.skip_interval) else None
+                kv = self._clip1_kv_for_training(inversion, progress) if (k > 0 and s.skip_interval) else None
                 info = train_motion_lora(self.models, inversion.source_frames[o:o + n], s, g, progress,
                                          f"motion LoRA, clip {k + 1}", kv_source=kv)
                 state = lora_state(self.models.unet)
                 if folder is not None:
                     save_lora_cache(folder, state, {"clip": k, "settings": asdict(s), "training": info})
             self._loras[lkey] = state
+
+    def _clip1_kv_for_training(self, inversion: Inversion, progress: Progress) -> AttentionStore:
+        """Clip 1's temporal keys/values by step, at the size the LoRAs train at (official: the first consistency
+        store at the output size, or a second inversion of clip 1 at the training size when they differ)."""
+        s, models = self.s, self.models
+        key = inversion.meta["frames_key"]
+        o, n = _offsets(inversion.meta["clips"])[0]
+        h, w = inversion.source_frames.shape[-2:]
+        at_output = not s.train_size or list(s.train_size) == [h, w]
+        slot = -1 if at_output else -2
+        if (key, slot) in self._stores:
+            return self._stores[(key, slot)]
+        kv = AttentionStore(s.store, s.store_dir)
+        lora_enabled(models.unet, False)  # the base model inverts
+        if at_output:  # replay clip 1's inversion steps, recording its temporal K/V
+            plan = MatchingPlan(Clock(0, s.num_steps), "plain", kv_record=kv)
+            for i in range(s.num_steps):
+                self._record_forward(inversion, 0, i, plan)
+                kv.finish_step(plan.clock.step)
+        else:
+            from ..io.video import resize_frames
+
+            clip = resize_frames(inversion.source_frames[o:o + n].float(), s.train_size[0], s.train_size[1])
+            g = torch.Generator().manual_seed(self.cfg.seed + 500)
+            x_in = sarp(clip, s.sarp_alpha, g) if s.sarp else clip
+            cond = inversion_condition(models, x_in[0], s, g)
+            z = models.encode_latents(x_in, sample=True, generator=g)[None]
+            plan = MatchingPlan(Clock(0, s.num_steps), "plain", kv_record=kv)
+            with matching(models.unet, plan):
+                edm_invert(models, z, cond, s.num_steps, progress, "EDM inversion of clip 1 at the training size", plan)
+        lora_enabled(models.unet, True)
+        self._stores[(key, slot)] = kv
+        return kv
 
     def _lora_key(self, frames_key: str, k: int) -> str:
         s = self.s
