@@ -510,7 +510,6 @@ class MatchingPlan:
     """Clip 1's temporal K/V to prepend (skip-interval, Eq. 3), read at ``clock.step``."""
     kv_record: AttentionStore | None = None
     """Where this run's temporal K/V go (clip 1 with skip-interval on)."""
-    record_spatial: bool = True
     spatial: bool = True
     temporal: bool = True
     mask_thr: tuple[float, float] = (0.35, 0.35)
@@ -518,7 +517,6 @@ class MatchingPlan:
     beta: tuple[float, float] = (0.5, 0.8)
     cfg: bool = False
     """The batch is ``[uncond, cond]``: only the conditional half is matched."""
-    num_frames: int = 1
 
     def temporal_stage(self) -> int:
         """1, 2 or 3 at the current step s: s < ⌊β₁ n⌋, < ⌊β₂ n⌋, or later (paper §4.2, official ``copy_v2``)."""
@@ -589,9 +587,8 @@ class MatchingProcessor(ControlProcessor):
         if p.mode == "record":
             assert p.store is not None
             if layer.kind == "spatial":
-                if p.record_spatial:
-                    p.store.put(step, f"{layer.name}/q", query)
-                    p.store.put(step, f"{layer.name}/k", key)
+                p.store.put(step, f"{layer.name}/q", query)
+                p.store.put(step, f"{layer.name}/k", key)
             else:
                 probs = (query.float() @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(-1)
                 p.store.put(step, f"{layer.name}/p", probs.to(query.dtype))
@@ -689,7 +686,6 @@ def edm_invert(models: SVDBundle, latents: Tensor, cond: Condition, num_steps: i
     levels, ts = inversion_schedule(karras_sigmas(num_steps))
     x = latents.float()
     traj = [x]
-    f = x.shape[1]
     emb, tid = cond.embedding, cond.time_ids.to(models.device)
     lat = cond.latent[:, None].to(models.device)
     for i in range(num_steps):
@@ -705,7 +701,6 @@ def edm_invert(models: SVDBundle, latents: Tensor, cond: Condition, num_steps: i
                 if st is not None:
                     st.finish_step(record.clock.step)
         progress(stage, i + 1, num_steps)
-    del f
     return traj
 
 
@@ -1172,7 +1167,7 @@ class I2VEdit:
     def edit(self, inversion: Inversion, target: str = "", progress: Progress = no_progress) -> EditResult:
         """Edit every clip auto-regressively from the edited first frame at ``target`` (default: the first
         of ``i2vedit.first_frames``). Returns the joined video (one frame fewer per later clip)."""
-        s, models = self.s, self.models
+        s = self.s
         path = target or (s.first_frames[0] if s.first_frames else "")
         if not path:
             raise InputError("no edited first frame; pass --first-frame IMAGE (the video's first frame, edited)")
@@ -1214,7 +1209,7 @@ class I2VEdit:
                 store = AttentionStore() if replay else self._stores.get((key, k))
                 plan = MatchingPlan(Clock(0, s.num_steps), "edit" if s.matching else "plain", store=store, cfg=True,
                                     spatial=s.spatial_matching, temporal=s.temporal_matching,
-                                    mask_thr=mask_thr, mask_compare=s.mask_compare, beta=beta, num_frames=n,
+                                    mask_thr=mask_thr, mask_compare=s.mask_compare, beta=beta,
                                     kv_record=kv_edit if k == 0 else None, kv_source=kv_edit if k > 0 else None)
                 with matching(models.unet, plan):
                     z0 = edm_sample(models, z, cond, s.num_steps,
