@@ -1236,14 +1236,10 @@ class I2VEdit:
         """Unguided sampling from z_T with the source first frame's condition: what inversion gives back."""
         s, models = self.s, self.models
         outs = []
+        g = torch.Generator().manual_seed(self.cfg.seed)  # unused by unguided sampling without latent noise
         for k, (o, n) in enumerate(_offsets(inversion.meta["clips"])):
-            g = torch.Generator().manual_seed(self.cfg.seed + 1000 * k)
-            clip = inversion.source_frames[o:o + n].float()
-            x_in = sarp(clip, s.sarp_alpha, g) if s.sarp else clip
-            cond = inversion_condition(models, x_in[0], s, g)
             z = inversion.latents[-1, :, o:o + n].permute(1, 0, 2, 3)[None].to(models.device).float()
-            x = edm_sample(models, z, cond, s.num_steps, None, g)
-            outs.append(x[0])
+            outs.append(edm_sample(models, z, self._inversion_cond(inversion, k), s.num_steps, None, g)[0])
         return join_clips(outs, s.overlap).permute(1, 0, 2, 3)[None]
 
     def reconstruct(self, inversion: Inversion) -> Tensor:
