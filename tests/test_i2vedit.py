@@ -309,10 +309,14 @@ def test_edit_runs_clips_and_caches_the_lora(svd, tmp_path: Path) -> None:  # no
     assert "motion LoRA, clip 2" in stages
     res = method.edit_from_image(inv, frames[0] * 0.5)
     assert res.frames.shape == (5, 3, 32, 32) and torch.isfinite(res.frames).all()
+    from videodirector.methods.base import Inversion
+
+    inv.save(tmp_path / "inversion")  # the API's inversion cache: its checks accept the clips side by side
+    cached = Inversion.load(tmp_path / "inversion", expected={"num_steps": 3})
     again = I2VEdit(models, cfg)  # a new process: LoRAs from the cache, attention replayed from the trajectory
     again.tuning_cache = tmp_path
     stages.clear()
-    res2 = again.edit_from_image(inv, frames[0] * 0.5, lambda s, i, n: stages.append(s))
+    res2 = again.edit_from_image(cached, frames[0] * 0.5, lambda s, i, n: stages.append(s))
     assert not any(s.startswith("motion LoRA") for s in stages) and any(s.startswith("attention replay") for s in stages)
     assert torch.allclose(res2.frames, res.frames, atol=1e-4)
     # store: replay records each step just in time instead of keeping all of them: the same edit

@@ -1233,23 +1233,22 @@ class I2VEdit:
                            "replay_step_bytes": peak_store if replay else 0})
 
     def _reconstruction_latents(self, inversion: Inversion) -> Tensor:
-        """Unguided sampling from z_T with the source first frame's condition: what inversion gives back."""
+        """Unguided sampling from z_T with the source first frame's condition: what inversion gives back,
+        ``(1, C, F, h, w)`` with the clips side by side as in ``inversion.latents``."""
         s, models = self.s, self.models
         outs = []
         g = torch.Generator().manual_seed(self.cfg.seed)  # unused by unguided sampling without latent noise
         for k, (o, n) in enumerate(_offsets(inversion.meta["clips"])):
             z = inversion.latents[-1, :, o:o + n].permute(1, 0, 2, 3)[None].to(models.device).float()
             outs.append(edm_sample(models, z, self._inversion_cond(inversion, k), s.num_steps, None, g)[0])
-        return join_clips(outs, s.overlap).permute(1, 0, 2, 3)[None]
+        return torch.cat(outs).permute(1, 0, 2, 3)[None]
 
     def reconstruct(self, inversion: Inversion) -> Tensor:
         """Frames ``(F, 3, H, W)``: the unguided sampling-back when computed (``i2vedit.reconstruct``), else the
         VAE round trip of the inversion's clean end."""
-        if inversion.reconstruction is not None:
-            z = inversion.reconstruction[0].permute(1, 0, 2, 3)[None]
-        else:
-            z = join_clips([inversion.latents[0, :, o:o + n].permute(1, 0, 2, 3)
-                            for o, n in _offsets(inversion.meta["clips"])], self.s.overlap)[None]
+        side_by_side = inversion.reconstruction[0] if inversion.reconstruction is not None else inversion.latents[0]
+        z = join_clips([side_by_side[:, o:o + n].permute(1, 0, 2, 3)
+                        for o, n in _offsets(inversion.meta["clips"])], self.s.overlap)[None]
         return self.models.decode_latents(z.to(self.models.device))
 
     def close(self) -> None:
