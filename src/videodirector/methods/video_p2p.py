@@ -441,7 +441,7 @@ class VideoP2P:
         delta = step_size(m.schedule, T)
         src, tgt, empty = m.encode_prompt([source_prompt, target_prompt, ""]).chunk(3)
         nulls = inversion.null_embeddings
-        fast = nulls is None  # fast mode, or the untuned/fast inversions: no optimised null-text
+        fast = nulls is None  # fast mode: no optimised null-text, row 0 takes "" (official --fast)
         clock = Clock(0, T)
         schedule = EditSchedule(range(0), range(0), range(0), 0, step_window(s.cross_replace_steps, T + 1), range(0, 10**6))
         ctx = EditContext(clock, schedule, F_, {})
@@ -475,7 +475,7 @@ class VideoP2P:
                                torch.cat([null_src, null_tgt, per_frame(src), per_frame(tgt)]))
                 eu_src, eu_tgt, ec_src, ec_tgt = eps.chunk(4)
                 w = s.guidance_scale - 1.0  # cfg_combine's w, diffusers' s = w + 1
-                eps_src = ec_src if fast and s.fast else cfg_combine(ec_src, eu_src, w)
+                eps_src = ec_src if fast else cfg_combine(ec_src, eu_src, w)  # fast: guidance 1, as the inversion
                 eps_tgt = cfg_combine(ec_tgt, eu_tgt, w)
                 a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
                 z_src, z_tgt = ddim_step(eps_src, z_src, a_t, a_p), ddim_step(eps_tgt, z_tgt, a_t, a_p)
