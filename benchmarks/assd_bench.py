@@ -56,6 +56,38 @@ def main() -> None:
                         inner_steps=10)
     for m, s in summary.items():
         print(m, {k: round(v["mean"], 3) for k, v in s.items() if isinstance(v, dict)})
+    ladder_report(a.results / a.suite)
+
+
+def ladder_report(root: Path) -> None:
+    """Each rung against the previous one (and the full method against ``videodirector``), paired over the same
+    cases with the bench's 2-SE rule: ``ladder.json`` and ``ladder.md``."""
+    import json
+
+    from videodirector.bench.runner import METRICS as ALL_METRICS, paired_comparison
+
+    METRICS = tuple(k for k in ALL_METRICS if k != "reconstruction_psnr")  # ASSD has no inversion: D(E(X)) is exact
+
+    per_case = {m: json.loads((root / f"{m}.json").read_text())["cases"] for m in ["videodirector", *LADDER]
+                if (root / f"{m}.json").is_file()}
+    pairs = list(zip(LADDER, LADDER[1:])) + [("videodirector", m) for m in LADDER if "videodirector" in per_case]
+    out, lines = {}, ["# ASSD ladder: each rung against the previous one", "",
+                      "Paired over the same cases; Δ = rung − previous (lower is better for trajectory_error_px and flicker); "
+                      "*better*/*worse*: the mean paired difference beyond two standard errors.", "",
+                      "| rung | against | n | better on | worse on |", "|---|---|---|---|---|"]
+    for ref, m in pairs:
+        if ref not in per_case or m not in per_case:
+            continue
+        cmp = paired_comparison({ref: per_case[ref], m: per_case[m]}, reference=ref, metrics=METRICS)[m]
+        out[f"{m} vs {ref}"] = cmp
+        fmt = lambda k, v: f"{k} {v['mean_diff']:+.3f} ± {v['se']:.3f}"  # noqa: E731
+        better = [fmt(k, v) for k, v in cmp.items() if v["better"]]
+        worse = [fmt(k, v) for k, v in cmp.items() if v["worse"]]
+        n = max((v["n"] for v in cmp.values()), default=0)
+        lines.append(f"| {m} | {ref} | {n} | {'; '.join(better) or '—'} | {'; '.join(worse) or '—'} |")
+    (root / "ladder.json").write_text(json.dumps(out, indent=2) + "\n")
+    (root / "ladder.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -540,7 +540,7 @@ def demo(
     method: str = typer.Option("videodirector", "--method", help="Method or ablation name (see 'videodirector "
                                "bench --list')."),
     iterations: Optional[int] = typer.Option(None, "--iterations", min=1, max=100000,
-                                             help=_d("ASSD: SGD iterations (faithful: 200).", 30)),
+                                             help=_d("ASSD: SGD iterations (faithful: 200).", 20)),
 ) -> None:
     """Edit a ShapeWorld clip with the bundled models (offline): red circle -> yellow square, and a
     background edit teal -> orange; writes outputs, ground truth and metrics.json."""

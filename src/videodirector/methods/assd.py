@@ -77,9 +77,14 @@ class ASSDSettings:
     one, and the smoothing alone (``ε̂ - SS(ε̂)``) then moves the unedited video."""
     adaptive_mask: bool = True
     """Eq. 9's mask; off: smooth everywhere (m = 1)."""
+    smooth: Literal["prediction", "error"] = "prediction"
+    """What Eq. 8 smooths. ``prediction``: the reference prediction ε̂ itself, as written. ``error`` (beyond the
+    paper): only its error against the injected noise, ``ε + SS(ε̂ - ε)``. ε̂ estimates ε, which is independent
+    from frame to frame, so smoothing ε̂ also adds ``ε - SS(ε)`` (white in time, std 0.61 for γ = [¼, ½, ¼]) to
+    the gradient wherever m = 1; the paper's stated aim is to smooth the prediction errors."""
     fusion: bool = True
     """Weighted attention fusion in the edit branch (Eqs. 11-13)."""
-    fusion_weight: float = 0.8
+    fusion_weight: float = 0.5
     """λ of Eq. 13: 1 is plain self-attention, 0 attends only to the reference."""
     fusion_blocks: list[str] = field(default_factory=lambda: ["up_blocks.3"])
     """UNet blocks whose spatial self-attentions are fused (the last three in SD/ModelScope layout)."""
@@ -161,10 +166,14 @@ def video_dds_gradient(eps_edit: Tensor, eps_ref: Tensor) -> Tensor:
     return eps_edit - eps_ref
 
 
-def assd_gradient(eps_edit: Tensor, eps_ref: Tensor, gamma: list[float], tau: float, use_mask: bool = True) -> Tensor:
+def assd_gradient(eps_edit: Tensor, eps_ref: Tensor, gamma: list[float], tau: float, use_mask: bool = True,
+                  noise: Tensor | None = None) -> Tensor:
     """Eq. 10: ``m ⊙ (ε - SS(ε̂)) + (1 - m) ⊙ (ε - ε̂)``, m from Eq. 9 on the unsmoothed predictions
-    (``use_mask=False``: m = 1, smoothing everywhere)."""
-    smoothed = video_dds_gradient(eps_edit, sliding_smoothing(eps_ref, gamma))
+    (``use_mask=False``: m = 1, smoothing everywhere). With the injected ``noise`` given, SS acts on the
+    prediction error only: ``SS(ε̂) := noise + SS(ε̂ - noise)`` (``assd.smooth: error``)."""
+    ref_smoothed = (sliding_smoothing(eps_ref, gamma) if noise is None
+                    else noise + sliding_smoothing(eps_ref - noise, gamma))
+    smoothed = video_dds_gradient(eps_edit, ref_smoothed)
     if not use_mask:
         return smoothed
     m = adaptive_mask(eps_edit, eps_ref, tau)
@@ -280,7 +289,8 @@ class ASSD:
                     z_t, z_ref_t = add_noise(z.detach(), noise, alpha), add_noise(z_ref, noise, alpha)  # Eq. 1
                     eps_edit, eps_ref = self._t2v_predictions(z_t, z_ref_t, t, emb_video, w_video)
                     if s.smoothing:
-                        g = assd_gradient(eps_edit, eps_ref, s.gamma, s.tau, s.adaptive_mask)  # Eqs. 8-10
+                        g = assd_gradient(eps_edit, eps_ref, s.gamma, s.tau, s.adaptive_mask,  # Eqs. 8-10
+                                          noise.float() if s.smooth == "error" else None)
                     else:
                         g = video_dds_gradient(eps_edit, eps_ref)  # Eq. 7
                     if emb_image is not None:

@@ -60,7 +60,7 @@ DEMO_I2VEDIT = {"i2vedit.model": str(Path(__file__).parent / "weights" / "i2v"),
 16-frame clip as one clip, 50 motion-LoRA steps instead of 250 (to be timed once the model exists)."""
 
 
-DEMO_ASSD_ITERATIONS = 30
+DEMO_ASSD_ITERATIONS = 20
 """ASSD's SGD iterations in the demo (the paper's 200 take about 10 minutes on a 2-core CPU)."""
 
 
