@@ -103,6 +103,7 @@ def test_fused_attention_lambda_one_is_self_and_zero_is_reference_only():
     torch.testing.assert_close(fused_attention(q, k2, v2, 0.0)[6:], out0[6:], rtol=0, atol=0)  # own K/V unused
 
 
+@pytest.mark.numerics
 def test_fusion_processor_in_the_unet(tiny_models):
     unet = tiny_models.unet
     layers = spatial_self_attention_layers(unet, ["up_blocks.3"])
@@ -129,6 +130,7 @@ def test_fusion_processor_in_the_unet(tiny_models):
 # ------------------------------------------------------------------------------------------ the optimisation
 
 
+@pytest.mark.numerics
 def test_dds_gradient_is_zero_when_prompts_and_latents_agree(tiny_models, tiny_cfg, clip4):
     frames, masks = clip4
     cfg = assd_cfg(tiny_cfg, iterations=1)
@@ -156,6 +158,7 @@ def test_dds_gradient_is_zero_when_prompts_and_latents_agree(tiny_models, tiny_c
     assert gap <= yard, (gap, yard)
 
 
+@pytest.mark.numerics
 def test_both_branches_share_t_and_eps_and_no_parameter_gets_a_gradient(tiny_models, tiny_cfg, clip4):
     frames, masks = clip4
     cfg = assd_cfg(tiny_cfg, iterations=2)
