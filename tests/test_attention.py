@@ -27,7 +27,7 @@ def test_sa2_empty_mask_equals_attention_over_concatenated_keys():
         return F.scaled_dot_product_attention(q, torch.cat([kr, ke], 2), torch.cat([vr, ve], 2))
 
     # masked vs unmasked SDPA kernels: measured |out - ref| 0 against the yardstick |ref32 - ref64| 2.1e-7
-    # (AVX512, AVX2 and default kernels, 1-4 threads)
+    # (AVX512, AVX2 and default kernels; 1 and 2 threads)
     ref32, ref64 = ref(q, kr, vr, ke, ve), ref(*(x.double() for x in (q, kr, vr, ke, ve)))
     assert_within_rounding(out, ref32, ref32, ref64, k=20, what="SA-II with an empty mask")
 
@@ -38,7 +38,7 @@ def test_sa2_full_mask_gives_no_weight_to_reconstruction_keys():
     q, kr, vr, ke, ve = (torch.randn(3, 2, 10, 4) for _ in range(5))
     full = torch.ones(3, 10, dtype=torch.bool)
     out = mutual_self_attention(q, kr, vr * 1000, ke, ve, full)
-    # measured |out - ref| 2.4e-7 (AVX512) to 3.6e-7 (AVX2, default) against |ref32 - ref64| 2.8e-7 to 4.6e-7
+    # measured |out - ref| / |ref32 - ref64|: 0.72 (AVX512), 0.78 (AVX2), 1.08 (default kernels)
     ref = F.scaled_dot_product_attention(q, ke, ve)
     ref64 = F.scaled_dot_product_attention(q.double(), ke.double(), ve.double())
     assert_within_rounding(out, ref, ref, ref64, k=20, what="SA-II with a full mask")
@@ -63,7 +63,7 @@ def test_inactive_processor_equals_diffusers_default_and_is_restored(tiny_models
             same = m.eps(z, 500, emb)
         base64 = float64_twin(m).eps(z, 500, emb)
     # our processor against diffusers' AttnProcessor2_0: measured |same - base| 0 against the UNet's own
-    # float32 rounding |base32 - base64| (max-abs) ~1e-6
+    # float32 rounding |base32 - base64| 4e-4 to 6e-4 (max-abs; |eps| reaches ~1e3 on the random model)
     assert_within_rounding(same, base, base, base64, k=20, what="inactive processors")
     assert all(isinstance(p, AttnProcessor2_0) for p in m.unet.attn_processors.values())
 
@@ -92,7 +92,7 @@ def test_schedule_reads_the_clock_not_call_counts(tiny_models):
     assert torch.equal(a, b)  # the same forward on the same batch: bit for bit, on any CPU
     assert not torch.allclose(a[1], plain[1], atol=1e-4)  # SA-I changes edit-cond
     # the other branches attend plainly, through our processor instead of diffusers' (same batch of 4):
-    # measured |a - plain| 0 on them against |plain32 - plain64| ~1e-6 (max-abs)
+    # measured |a - plain| 0 on them against |plain32 - plain64| 1e-4 to 2e-3 (max-abs)
     for rows in (slice(0, 1), slice(2, 4)):
         assert_within_rounding(a[rows], plain[rows], plain[rows], plain64[rows], k=20, what=f"branches {rows}")
     assert not torch.allclose(c[:2], plain[:2], atol=1e-4)  # SA-II changes both edit branches
@@ -146,8 +146,8 @@ def test_control_processors_equal_the_straightforward_path():
     q, k, v = (torch.randn(4 * f, heads, n, d) for _ in range(3))
     q64, k64, v64 = (x.double() for x in (q, k, v))
     proc = SelfControlProcessor(layer, ctx)
-    # yardstick: the straightforward path's own float32 rounding, |ref32 - ref64| ~2e-7 (max-abs); measured gaps
-    # between the paths 0 to 1.5e-7 (AVX512, AVX2 and default kernels, 1-4 threads)
+    # yardstick: the straightforward path's own float32 rounding, |ref32 - ref64| 3e-7 to 7e-7 (max-abs);
+    # measured gap / yardstick 0 (self) and 0.35 to 1.1 (cross; AVX512, AVX2 and default kernels, 1-2 threads)
     for step in (0, 3, 4, 9):  # SA-I, SA-I, SA-II, SA-II
         clock.step = step
         ref = _straightforward_self(ctx, layer, q, k, v)

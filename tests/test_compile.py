@@ -74,7 +74,10 @@ def test_compiled_blocks_equal_eager_without_graph_breaks_or_eager_fallback(tiny
     assert graphs, "no block was compiled"
     assert not counters["graph_break"], dict(counters["graph_break"])
     # aot_eager runs the blocks' ATen ops after functionalisation: compiled and eager agree up to rounding.
-    # Measured |compiled - eager| / |eager32 - eager64|: edit (L2) 0, eps 0, grad 0 (max-abs; 1 and 2 threads)
+    # Measured |compiled - eager| / |eager32 - eager64|: edit 0 (L2), eps 0, grad < 1e-4 (max-abs), with 1 and 2
+    # threads and AVX512, AVX2 and default kernels. The edit's yardstick is coarse (the random model's 4-step
+    # edit amplifies float32 rounding many times over); the single forward and backward are the sharp check:
+    # a compiled FeedForward off by a factor 1 + 1e-5 fails them.
     assert_within_rounding(got["edit"], eager["edit"], eager["edit"], eager64["edit"], k=10, norm=True, what="edit")
     for name, a, b, b64 in zip(("eps", "grad"), got["null"], eager["null"], eager64["null"]):
         assert_within_rounding(a, b, b, b64, k=10, what=f"null-text {name}")

@@ -20,23 +20,56 @@ def _recon_error(editor, frames, masks):
     return float(((inv.reconstruction - z0) ** 2).mean()), inv
 
 
-def test_null_text_beats_plain_ddim_inversion_with_cfg(tiny_cfg, tiny_models):
-    frames, masks = toy_inputs()
-    cfg = apply_overrides(tiny_cfg, {"stdg.enabled": False, "inversion.null_inner_steps": 5})
-    plain = Editor(apply_overrides(cfg, {"inversion.null_text": "none"}), models=tiny_models)
-    multi = Editor(cfg, models=tiny_models)
-    w = tiny_models.unet.conv_out.weight.data.clone()
-    tiny_models.unet.conv_out.weight.data *= 0.1  # a smoother ε(z), closer to a trained model's
-    try:
-        e_plain, _ = _recon_error(plain, frames, masks)
-        e_multi, inv = _recon_error(multi, frames, masks)
-    finally:
-        tiny_models.unet.conv_out.weight.data = w
-    assert e_multi < 0.97 * e_plain, (e_multi, e_plain)  # measured: 0.311 vs 0.329
-    assert inv.null_embeddings.shape == (5, 16, 77, 32)  # multi-frame: one embedding per frame and step
-    shared = Editor(apply_overrides(cfg, {"inversion.null_text": "shared"}), models=tiny_models)
-    _, inv_s = _recon_error(shared, frames, masks)
-    assert inv_s.null_embeddings.shape == (5, 1, 77, 32)
+@pytest.mark.numerics
+def test_null_text_beats_plain_ddim_inversion_with_cfg(tiny_cfg, tiny_models, monkeypatch):
+    """At every step, the optimised null-text brings the CFG step closer to the DDIM-inversion target than the
+    plain negative prompt does, from the same latent.
+
+    On the bundled ShapeWorld models, step by step. The tiny random model cannot show it: there the optimised
+    null-text changes a step's error by +3% to -1% (measured, 5 inner steps, learning rates 1e-4 to 1e-1), and
+    the whole reconstructions this test used to compare differ by float32 rounding amplified along 5 CFG steps
+    about as much as by the method (final errors, null-text vs plain: 0.311 vs 0.329 with 2 threads, 0.329 vs
+    0.320 with 1, which failed)."""
+    import torch.nn.functional as F
+
+    import videodirector.methods.videodirector as vd_module
+    from videodirector.api import bundled_model_config
+    from videodirector.bench.runner import shapeworld_suite
+    from videodirector.config import EditConfig
+    from videodirector.diffusion.ddim import cfg_combine, ddim_step
+    from videodirector.diffusion.nulltext import null_text_step
+    from videodirector.models.loading import load_models
+    from videodirector.world.scene import render
+
+    case = shapeworld_suite()[0]
+    cfg = apply_overrides(EditConfig(), {**bundled_model_config("cpu"), "input.height": 64, "input.width": 64,
+                                         "stdg.enabled": False, "inversion.num_steps": 3,
+                                         "inversion.null_inner_steps": 3})
+    models = load_models(cfg.model)
+    frames, masks = (x[0][:8] for x in render(case.source))
+    neg = models.encode_prompt([cfg.prompts.negative]).expand(8, -1, -1)
+    errors = []  # per step: (plain negative prompt, optimised null-text)
+
+    def compared(eps_fn, eps_cond, z_t, z_target, phi, a_t, a_p, g, g_scale, cfg_scale, *rest):  # noqa: ANN001, ANN202
+        step = null_text_step(eps_fn, eps_cond, z_t, z_target, phi, a_t, a_p, g, g_scale, cfg_scale, *rest)
+        with torch.no_grad():
+            plain = ddim_step(cfg_combine(eps_cond, eps_fn(z_t, neg), cfg_scale), z_t, a_t, a_p, g, g_scale)
+        errors.append((float(F.mse_loss(plain, z_target)), float(F.mse_loss(step.z_next, z_target))))
+        return step
+
+    monkeypatch.setattr(vd_module, "null_text_step", compared)
+    inv = Editor(cfg, models=models).method.invert(frames, masks, case.source.caption())
+    assert len(errors) == 3
+    # measured optimised / plain per step: 0.83, 0.96, 0.999 (the last step, t = 0, has little to correct)
+    assert all(tuned < plain for plain, tuned in errors) and errors[0][1] < 0.9 * errors[0][0], errors
+    assert inv.null_embeddings.shape[:2] == (3, 8)  # multi-frame: one embedding per frame and step
+    assert not any(p.grad is not None for p in models.unet.parameters())  # frozen UNet
+    monkeypatch.undo()
+    small = apply_overrides(tiny_cfg, {"stdg.enabled": False, "inversion.num_steps": 2, "inversion.null_inner_steps": 1})
+    for mode, per_step in (("multi_frame", 16), ("shared", 1)):
+        ed = Editor(apply_overrides(small, {"inversion.null_text": mode}), models=tiny_models)
+        _, inv = _recon_error(ed, *toy_inputs())
+        assert inv.null_embeddings.shape == (2, per_step, 77, 32), mode
     assert not any(p.grad is not None for p in tiny_models.unet.parameters())  # frozen UNet
 
 
@@ -60,8 +93,9 @@ def test_full_edit_and_cache_round_trip(tiny_cfg, tiny_models, tmp_path):
                                          "control.edit_timesteps": "same"})
     rec = Editor(off_cfg, models=tiny_models).edit(inv, "a red circle moving right").latents
     # up to rounding only: the edit runs batches of 3-4 branches, the inversion batches of one (other kernels,
-    # other sums). Yardstick: the same edit in float64, |rec32 - rec64| (L2); measured ratio 0.1-1 (1, 2 and 4
-    # threads; AVX512, AVX2 and default kernels)
+    # other sums). Yardstick: the same edit in float64, |rec32 - rec64| (L2; ~0.5% of |z| on the random model,
+    # whose edit amplifies rounding); measured gap / yardstick 0.99 and 1.15 (1 and 2 threads), 1.0 (AVX2),
+    # 1.8 (default kernels). The fixed 2e-3 relative this replaces failed with 1 thread (5.6e-3)
     rec64 = Editor(off_cfg, models=float64_twin(tiny_models)).edit(inv, "a red circle moving right").latents
     gap, yard = assert_within_rounding(rec, inv.reconstruction, rec, rec64, k=10, norm=True, what="reconstruction")
     # a real change, the edited prompt's latents, lies far beyond it
@@ -136,15 +170,15 @@ def test_reference_cost_mode_gives_the_same_inversion(tiny_cfg, tiny_models, mon
         return float((a - b).norm() / b.norm())
 
     # step 0 runs the same null-text step in both modes, but reference-cost mode also asks for the UNet's weight
-    # gradients, which can change how the backward to the null-text rounds: measured 0 (float32) to 5e-12
-    # (float64) relative on the latent both modes hand to STDG at step 1; a null-text step that differed
-    # (an optimiser, a learning rate, a gradient) moves it by more than 1e-4
+    # gradients, which can change how the backward to the null-text rounds: measured 2e-12 to 5e-12 relative
+    # (float64; 0 in float32 on AVX512) on the latent both modes hand to STDG at step 1
     assert rel(fast_calls[0][1], calls[4][1]) < 1e-9, rel(fast_calls[0][1], calls[4][1])
     # then at each later step, each mode's own G against the other mode's way of computing it, at the latent
     # that mode was at and with the UNet's weights frozen or not as in that mode (which changes how G rounds:
     # 1e-9 relative, through G's conditioning). Fast mode, one backward of the weighted loss: against four
     # one-term backwards weighted and summed; reference-cost mode, the other way round. Yardstick: one
-    # backward with every coefficient x3 (then G / 3), which rounds each backward value differently
+    # backward with every coefficient x3 (then G / 3), which rounds each backward value differently; measured
+    # gap / yardstick 0.2 to 2.5 (1 and 2 threads; AVX512, AVX2 and default kernels)
     def weighted(setup, c):  # noqa: ANN001, ANN202
         return replace(setup, coefficients=tuple(c))
 
@@ -175,34 +209,56 @@ def test_edit_leaves_out_the_recon_uncond_branch_only_where_nothing_reads_it(tin
     three branches there: the edit equals the one that runs all four branches at every step, and the
     batch shrinks on exactly the SA-I steps.
 
-    Compared in float64. Batch-3 and batch-4 forwards round differently (other kernels, other thread
-    splits), and the random model's 5-step edit amplifies float32 rounding to 4% of the latents' norm
-    (|z32 - z64|), about what a real fault gives (recon-cond fed the negative prompt on the lean steps: 24%);
-    no float32 tolerance separates the two. In float64 the layouts agree to 1e-12 relative."""
-    from videodirector.attention.processors import Branches
+    Checked step by step: at each step, the loop's UNet output for the branches it runs equals that of a
+    four-branch forward built here from the spec (``[edit-uncond, edit-cond, recon-uncond, recon-cond]`` on
+    ``[null_t, target, negative, source]``) on the loop's own edit latent. Whole edits cannot be compared: the
+    random model's edit amplifies a difference about 1e4-fold per step, float64 rounding included (the two
+    layouts end 0.3% apart in float64, 4% in float32, measured)."""
+    from videodirector.attention.processors import Branches, installed
+    from videodirector.diffusion.nulltext import expand_null
     from videodirector.methods.videodirector import VideoDirector
 
     frames, masks = toy_inputs()
-    # without STDG: its cached G, added alike to both layouts, swamps the random model's latents (|z| ~ 1e4-1e7)
-    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 5, "inversion.null_inner_steps": 1, "stdg.enabled": False})
-    inv = VideoDirector(tiny_models, cfg).invert(frames, masks, "a red circle moving right")
-    m64 = float64_twin(tiny_models)
-    vd = VideoDirector(m64, cfg)
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 5, "inversion.null_inner_steps": 1})
+    m, T, F_ = tiny_models, 5, 16
+    vd = VideoDirector(m, cfg)
+    source, target = "a red circle moving right", "a blue square moving right"
+    inv = vd.invert(frames, masks, source)
+    tgt, src, neg = (x.expand(F_, -1, -1) for x in m.encode_prompt([target, source, inv.meta["negative_prompt"]]).chunk(3))
+    m64 = float64_twin(m)
+    loop_eps = m.eps
     batches = []
-    hook = m64.unet.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
-    try:
-        lean = vd.edit(inv, "a blue square moving right").latents
-    finally:
-        hook.remove()
+
+    def checked_eps(z: torch.Tensor, t: int, emb: torch.Tensor) -> torch.Tensor:
+        out = loop_eps(z, t, emb)
+        procs = {k[: -len(".processor")]: p for k, p in m.unet.attn_processors.items()}
+        ctx = next(p.ctx for p in procs.values() if hasattr(p, "ctx"))
+        i, layout = ctx.clock.step, ctx.branches
+        batches.append(z.shape[0])
+        e, z_recon = z[:1], inv.latents[T - i][None]
+        z4 = torch.cat([e, e, z_recon, z_recon])
+        emb4 = torch.cat([expand_null(inv.null_embeddings[i], F_), tgt, neg, src])
+        rows = [Branches.NAMES.index(b) for b in layout]
+        with installed(m64.unet, procs):
+            pairs = [(out, m64.eps(z, t, emb))] if len(layout) < 4 else []  # the loop's forward in float64
+            ctx.branches = Branches.NAMES
+            try:
+                full = loop_eps(z4, t, emb4)[rows]
+                pairs.append((full, m64.eps(z4, t, emb4)[rows]))
+            finally:
+                ctx.branches = layout
+        # batch-3 and batch-4 forwards round differently (other kernels, other thread splits; with AVX2 kernels
+        # the batch-3 forward rounds 11x worse than the batch-4 one at step 1). Yardstick: the float32 rounding
+        # of both forwards against float64 (L2); measured gap / yardstick 0.23 to 1.23 (1 and 2 threads; AVX512,
+        # AVX2 and default kernels)
+        x32, x64 = (torch.cat(xs) for xs in zip(*pairs))
+        assert_within_rounding(out, full, x32, x64, k=20, norm=True, what=f"step {i}")
+        return out
+
+    monkeypatch.setattr(m, "eps", checked_eps)
+    lean = vd.edit(inv, target).latents
     assert batches == [3, 3, 4, 4, 4]  # tau_s = 0.4 of 5 steps: SA-I on steps 0-1, SA-II after
-    monkeypatch.setattr(Branches, "WITHOUT_RECON_UNCOND", Branches.NAMES)
-    full = vd.edit(inv, "a blue square moving right").latents
-    assert lean.dtype == torch.float64
-    rel = float((lean - full).norm() / full.norm())
-    print(f"YARD lean64 vs full64 rel {rel:.3g}")  # TEMP
-    # measured float64 |lean - full| / |full|: ... (1, 2 and 4 threads; AVX512, AVX2 and default kernels)
-    assert rel < 1e-8, rel
-    assert float((lean - inv.reconstruction).norm()) > 0.1 * float(full.norm())  # the edit did something
+    assert not torch.allclose(lean, inv.reconstruction, atol=1e-2)  # the edit did something
 
 
 def test_latent_keep_region_grows_the_object_or_keeps_it():

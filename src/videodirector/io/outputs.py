@@ -206,8 +206,9 @@ def clean_stale_temp(parent: str | Path, name: str | None = None) -> list[Path]:
 
     A folder is touched only when it is recognisably the tool's (its name has that form and it holds
     an owner record naming that pid, or a manifest) and its owner process no longer exists on this
-    host; an empty ``.tmp`` folder of a dead pid (killed before its owner record) is removed too. A ``.old`` folder (a previous output moved aside just before the new one took its place) is
-    put back as ``NAME`` when ``NAME`` is missing, instead of being removed."""
+    host; an empty ``.tmp`` folder of a dead pid (killed before its owner record) is removed too. A
+    ``.old`` folder (a previous output moved aside just before the new one took its place) is put back
+    as ``NAME`` when ``NAME`` is missing, instead of being removed."""
     parent = Path(parent)
     removed: list[Path] = []
     try:
