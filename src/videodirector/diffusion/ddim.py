@@ -170,4 +170,4 @@ def add_noise(z0: Tensor, noise: Tensor, alpha_t: float) -> Tensor:
 def matching_timestep(t: int, source: NoiseSchedule, target: NoiseSchedule) -> int:
     """The timestep of ``target`` whose ᾱ is nearest to ``source``'s ᾱ_t: one noisy latent, read by two
     models trained on different schedules, at the noise level it really has (``t`` when they agree)."""
-    return int(torch.argmin((target.alphas_cumprod - source.alphas_cumprod[t]).abs()))
+    return int(torch.argmin((target.alphas_cumprod - float(source.alphas_cumprod[t])).abs()))  # schedules may sit on two devices
