@@ -337,6 +337,25 @@ def _cli_process(argv: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def test_a_failure_after_ctrl_c_is_reported_as_the_interrupt(workspace: Path, tiny_paths, capsys, monkeypatch):
+    """A Ctrl-C can land inside a library's import, which may swallow the KeyboardInterrupt and leave the
+    module half-built, so that the next use fails another way (numpy's ``__getattr__`` recursing, seen under
+    load at 0.4 s). The run then still ends as interrupted: status 130 and one line; a failure without Ctrl-C
+    stays an internal error (status 1)."""
+    import videodirector.api as api
+
+    def cut_short_import(cfg):  # noqa: ANN001, ANN202
+        cli._interrupted = ctrl_c
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(api, "load_inputs", cut_short_import)
+    for ctrl_c, status, words in ((True, 130, "interrupted"), (False, 1, "internal error (RecursionError")):
+        code, lines = run_cli(_base(workspace, tiny_paths), capsys)
+        lines = [line for line in lines if not line.startswith("warning:")]
+        assert code == status and len(lines) == 1 and words in lines[0], (code, lines)
+    assert not (workspace / "out").exists()
+
+
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.7, 1.0, 1.5, 2.5, 4.0])
 def test_ctrl_c_always_stops_the_run(delay: float, workspace: Path, tiny_paths):
     """Ctrl-C at any moment of start-up and of the run stops it: status 130 and one line. Before Python

@@ -686,28 +686,36 @@ def main(argv: list[str] | None = None) -> None:
             raise KeyboardInterrupt
         if isinstance(status, int) and status:
             sys.exit(status)
-    except UserError as exc:
-        _error(str(exc), 2)
     except (KeyboardInterrupt, *aborts):
-        _error("interrupted; nothing was written under a final name", 130)
-    except usage_errors as exc:
-        cmd = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "videodirector"
-        _error(f"{exc.format_message()} (see '{cmd} --help')", 2)
-    except click_errors as exc:
-        _error(exc.format_message(), 2)
-    except MemoryError:
-        _error("out of memory; use fewer --frames or a smaller --height/--width", 2)
+        _error(INTERRUPTED, 130)
     except Exception as exc:  # noqa: BLE001
-        if os.environ.get("VIDEODIRECTOR_DEBUG") == "1":
-            raise
-        text = " ".join(str(exc).split())[:300]
-        if "can't allocate memory" in text or "not enough memory" in text:
-            _error("out of memory; use fewer --frames or a smaller --height/--width", 2)
-        _error(f"internal error ({type(exc).__name__}: {text}); rerun with VIDEODIRECTOR_DEBUG=1 for the traceback "
-               "and please report it", 1)
+        if _interrupted:  # a failure after Ctrl-C is its echo (an import it cut short, say): report the interrupt
+            _error(INTERRUPTED, 130)
+        _report(exc, usage_errors, click_errors)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         notices.set_sink(None)
+
+
+INTERRUPTED = "interrupted; nothing was written under a final name"
+
+
+def _report(exc: Exception, usage_errors: tuple[type, ...], click_errors: tuple[type, ...]) -> None:
+    """One line for a failure that is not an interrupt: exit 2 for a mistake in the input, 1 otherwise."""
+    if isinstance(exc, UserError):
+        _error(str(exc), 2)
+    if isinstance(exc, usage_errors):
+        cmd = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "videodirector"
+        _error(f"{exc.format_message()} (see '{cmd} --help')", 2)
+    if isinstance(exc, click_errors):
+        _error(exc.format_message(), 2)
+    text = " ".join(str(exc).split())[:300]
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text:
+        _error("out of memory; use fewer --frames or a smaller --height/--width", 2)
+    if os.environ.get("VIDEODIRECTOR_DEBUG") == "1":
+        raise exc
+    _error(f"internal error ({type(exc).__name__}: {text}); rerun with VIDEODIRECTOR_DEBUG=1 for the traceback "
+           "and please report it", 1)
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
