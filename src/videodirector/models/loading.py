@@ -20,6 +20,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,8 +69,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+class _VAELatents:
+    """The latent space of a bundle's ``vae``: its downsampling factor and its scaling factor."""
+
+    vae: torch.nn.Module
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+
 @dataclass
-class ModelBundle:
+class ModelBundle(_VAELatents):
     """UNet (SD 1.5 + motion modules), VAE, text encoder, tokenizer and noise schedule."""
 
     unet: torch.nn.Module
@@ -82,14 +97,6 @@ class ModelBundle:
     sources: dict[str, str] = field(default_factory=dict)
     attention_backend: str = "default"
     """``ModelConfig.attention_backend``: the SDPA kernel tried first during UNet forwards."""
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
 
     def fingerprint(self) -> str:
         """Identifies the weights for the inversion cache (sources plus the size and mtime of local files)."""
@@ -275,13 +282,8 @@ def check_weights_reachable(cfg: ModelConfig) -> None:
     cfg.local_files_only = True
 
 
-def load_models(cfg: ModelConfig) -> ModelBundle:
-    """Load SD 1.5, the motion adapter and (optionally) a single-file checkpoint into one bundle."""
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+def resolve_sd15_base(cfg: ModelConfig) -> str:
+    """``cfg.base`` checked: a local SD 1.5 folder (expanded, its layout checked) or a hub id; else one line."""
     base = cfg.base
     if Path(base).expanduser().exists():
         base = str(Path(base).expanduser())
@@ -289,12 +291,15 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
     elif not is_hub_id(base):
         raise WeightsNotFoundError(f"SD 1.5 weights not found at {cfg.base!r}; pass a diffusers folder or a hub id "
                                    f"such as {DEFAULT_SD15} as --base")
-    ap = Path(cfg.motion_adapter).expanduser()
-    if ap.is_dir() and not (ap / "config.json").is_file():
-        raise WeightsNotFoundError(f"{ap} is not a diffusers motion adapter folder (config.json is missing); give the "
-                                   "folder, a hub id or the original v3_sd15_mm.ckpt as --motion-adapter")
-    check_weights_reachable(cfg)
-    offline = _offline(cfg)
+    return base
+
+
+def load_sd15_parts(cfg: ModelConfig, base: str, offline: bool) -> tuple[Any, Any, Any, Any]:
+    """SD 1.5's tokenizer, 2D UNet, VAE and text encoder from ``base``, or from ``cfg.single_file`` (a
+    community checkpoint in one file, configured by ``base``), as loaded: the callers inflate the UNet."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     kw = {"local_files_only": offline}
     tokenizer = _load("the tokenizer", "base", base, CLIPTokenizer.from_pretrained, base, subfolder="tokenizer", **kw)
     if cfg.single_file:
@@ -305,12 +310,27 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
 
         pipe = _load("the single-file checkpoint", "single-file", str(sf), StableDiffusionPipeline.from_single_file,
                      str(sf), config=base, safety_checker=None, **kw)
-        unet2d, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-    else:
-        unet2d = _load("the SD 1.5 UNet", "base", base, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **kw)
-        vae = _load("the VAE", "base", base, AutoencoderKL.from_pretrained, base, subfolder="vae", **kw)
-        text_encoder = _load("the text encoder", "base", base, CLIPTextModel.from_pretrained, base,
-                             subfolder="text_encoder", **kw)
+        return tokenizer, pipe.unet, pipe.vae, pipe.text_encoder
+    unet2d = _load("the SD 1.5 UNet", "base", base, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **kw)
+    vae = _load("the VAE", "base", base, AutoencoderKL.from_pretrained, base, subfolder="vae", **kw)
+    text_encoder = _load("the text encoder", "base", base, CLIPTextModel.from_pretrained, base, subfolder="text_encoder", **kw)
+    return tokenizer, unet2d, vae, text_encoder
+
+
+def load_models(cfg: ModelConfig) -> ModelBundle:
+    """Load SD 1.5, the motion adapter and (optionally) a single-file checkpoint into one bundle."""
+    from diffusers import MotionAdapter, UNetMotionModel
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    base = resolve_sd15_base(cfg)
+    ap = Path(cfg.motion_adapter).expanduser()
+    if ap.is_dir() and not (ap / "config.json").is_file():
+        raise WeightsNotFoundError(f"{ap} is not a diffusers motion adapter folder (config.json is missing); give the "
+                                   "folder, a hub id or the original v3_sd15_mm.ckpt as --motion-adapter")
+    check_weights_reachable(cfg)
+    kw = {"local_files_only": _offline(cfg)}
+    tokenizer, unet2d, vae, text_encoder = load_sd15_parts(cfg, base, kw["local_files_only"])
     adapter_id = cfg.motion_adapter
     if ap.is_file():
         adapter = _load("the motion adapter", "motion-adapter", str(ap), MotionAdapter.from_single_file, str(ap), **kw)
@@ -495,7 +515,7 @@ SVD_SUBFOLDERS = {"unet": "config.json", "vae": "config.json", "image_encoder": 
 
 
 @dataclass
-class SVDBundle:
+class SVDBundle(_VAELatents):
     """Stable Video Diffusion: spatio-temporal UNet, temporal-decoder VAE, CLIP image encoder and its
     processor, and the Euler scheduler's settings. Latents are ``(B, F, C, h, w)`` as SVD's UNet takes them."""
 
@@ -508,14 +528,6 @@ class SVDBundle:
     dtype: torch.dtype
     sources: dict[str, str] = field(default_factory=dict)
     kind: str = "svd"
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
 
     fingerprint = ModelBundle.fingerprint
 

@@ -205,43 +205,16 @@ def load_t2s_models(cfg: "ModelConfig", frame_attention: FrameAttention = "first
     (the official code tunes fp32 weights under fp16 autocast), and a bfloat16 run autocasts instead
     (``methods.video_p2p``). The noise schedule is the base's betas with ``set_alpha_to_one=False`` and
     ``steps_offset=1``, as the official code's ``DDIMScheduler`` (SD 1.5: scaled-linear betas)."""
-    from pathlib import Path
-
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from ..config import DEFAULT_SD15
     from ..diffusion.ddim import NoiseSchedule
-    from ..errors import WeightsNotFoundError
-    from .loading import ModelBundle, _load, _offline, check_local_sd15, check_weights_reachable, is_hub_id
-    from .loading import resolve_device, resolve_dtype
+    from .loading import ModelBundle, _offline, check_weights_reachable, load_sd15_parts, resolve_device, resolve_dtype
+    from .loading import resolve_sd15_base
 
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype, device)  # a bad dtype is a one-line error here
-    base = cfg.base
-    if Path(base).expanduser().exists():
-        base = str(Path(base).expanduser())
-        check_local_sd15(Path(base), needs_weights=not cfg.single_file)
-    elif not is_hub_id(base):
-        raise WeightsNotFoundError(f"SD 1.5 weights not found at {cfg.base!r}; pass a diffusers folder or a hub id "
-                                   f"such as {DEFAULT_SD15} as --base")
+    base = resolve_sd15_base(cfg)
     check_weights_reachable(cfg)
     kw = {"local_files_only": _offline(cfg)}
-    tokenizer = _load("the tokenizer", "base", base, CLIPTokenizer.from_pretrained, base, subfolder="tokenizer", **kw)
-    if cfg.single_file:
-        from diffusers import StableDiffusionPipeline
-
-        sf = Path(cfg.single_file).expanduser()
-        if not sf.is_file():
-            raise WeightsNotFoundError(f"single-file checkpoint not found: {sf}; pass its path as --single-file")
-        pipe = _load("the single-file checkpoint", "single-file", str(sf), StableDiffusionPipeline.from_single_file,
-                     str(sf), config=base, safety_checker=None, **kw)
-        unet2d, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-    else:
-        unet2d = _load("the SD 1.5 UNet", "base", base, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **kw)
-        vae = _load("the VAE", "base", base, AutoencoderKL.from_pretrained, base, subfolder="vae", **kw)
-        text_encoder = _load("the text encoder", "base", base, CLIPTextModel.from_pretrained, base,
-                             subfolder="text_encoder", **kw)
+    tokenizer, unet2d, vae, text_encoder = load_sd15_parts(cfg, base, kw["local_files_only"])
     unet = T2SUNet.from_unet2d(unet2d, frame_attention)
     del unet2d
     for m in (unet, vae, text_encoder):
