@@ -340,3 +340,47 @@ def test_clip_metrics_with_a_tiny_clip_built_from_config(tmp_path):
     assert got["clip_text_alignment"] == pytest.approx(float((img @ txt.T).mean()), abs=1e-5)
     with pytest.raises(InputError, match="no CLIP model available offline|cannot load CLIP model"):
         clip_scores(frames, TARGET, "nobody/no-such-clip-model", local_files_only=True)
+
+
+def test_image_guidance_reads_the_single_file_checkpoint(tiny_paths, tiny_models, monkeypatch):
+    """With ``--single-file`` the SD guidance is the checkpoint's UNet and text encoder (the 2-D weights the
+    AnimateDiff model is built from), not the plain ``--base`` UNet; without it, ``--base``'s UNet and the video
+    model's own text encoder."""
+    from dataclasses import replace
+
+    from diffusers import UNet2DConditionModel
+
+    from videodirector.config import ModelConfig
+    from videodirector.models import loading
+
+    base, adapter = tiny_paths
+    cfg = ModelConfig(base=str(base), motion_adapter=str(adapter), local_files_only=True, device="cpu")
+    checkpoint_unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    calls = []
+
+    def parts_of_the_checkpoint(c, b, offline):  # noqa: ANN001, ANN202
+        calls.append(c.single_file)
+        return tiny_models.tokenizer, checkpoint_unet, tiny_models.vae, tiny_models.text_encoder
+
+    monkeypatch.setattr(loading, "load_sd15_parts", parts_of_the_checkpoint)
+    with_file = loading.load_image_guidance(replace(cfg, single_file="community.safetensors"), tiny_models)
+    assert calls == ["community.safetensors"] and with_file.unet is checkpoint_unet
+    plain = loading.load_image_guidance(cfg, tiny_models)
+    assert calls == ["community.safetensors"] and plain.unet is not checkpoint_unet
+    assert plain.text_encoder is tiny_models.text_encoder  # same --base, no single file: shared
+
+
+def test_tau_zero_with_prediction_smoothing_warns(tiny_models, tiny_cfg):
+    from videodirector import notices
+
+    said: list[str] = []
+    notices.reset()
+    notices.set_sink(said.append)
+    try:
+        ASSD(tiny_models, assd_cfg(tiny_cfg, tau=0.0, sd_guidance=False))
+        ASSD(tiny_models, assd_cfg(tiny_cfg, tau=0.3, sd_guidance=False))
+        ASSD(tiny_models, assd_cfg(tiny_cfg, tau=0.0, smooth="error", sd_guidance=False))
+    finally:
+        notices.set_sink(None)
+        notices.reset()
+    assert len(said) == 1 and "assd.tau is 0" in said[0], said

@@ -40,6 +40,7 @@ from ..attention.processors import installed
 from ..config import EditConfig, register_settings
 from ..diffusion.ddim import add_noise, matching_timestep
 from ..errors import ConfigError, UserError
+from ..notices import warn
 from ..models.loading import (
     DEFAULT_MODELSCOPE, ImageGuidance, ModelBundle, check_shared_latent_space, load_image_guidance, load_modelscope,
     load_models,
@@ -201,6 +202,9 @@ class ASSD:
         self.models, self.cfg = models, cfg
         self.s: ASSDSettings = cfg.settings_for("assd")
         self.image = image
+        if self.s.smoothing and self.s.smooth == "prediction" and self.s.tau == 0:
+            warn("assd.tau is 0: where both branches agree up to rounding the smoothing alone moves the unedited video; "
+                 "use a positive tau (default 0.3)")
         if self.s.sd_guidance and self.image is None:
             self.image = image_guidance_for(models, cfg)
         if self.image is not None:

@@ -457,20 +457,25 @@ def load_image_guidance(cfg: ModelConfig, video: ModelBundle) -> ImageGuidance:
     base = cfg.base
     if Path(base).expanduser().exists():
         base = str(Path(base).expanduser())
-        check_local_sd15(Path(base))
+        check_local_sd15(Path(base), needs_weights=not cfg.single_file)
     elif not is_hub_id(base):
         raise WeightsNotFoundError(f"SD 1.5 weights for the image guidance not found at {cfg.base!r}; pass a diffusers "
                                    f"folder or a hub id such as {DEFAULT_SD15} as --base, or use --no-sd-guidance")
     offline = _offline(cfg)
     kw = {"local_files_only": offline}
-    unet = _load("the SD 1.5 UNet", "base", base, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **kw)
-    if video.sources.get("base") == base:
+    if cfg.single_file:  # the community checkpoint's UNet and text encoder, as the video model's (AnimateDiff) are
+        tokenizer, unet, _, text_encoder = load_sd15_parts(cfg, base, offline)
+    else:
+        unet = _load("the SD 1.5 UNet", "base", base, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **kw)
+    same_weights = video.sources.get("base") == base and video.sources.get("single_file") == (cfg.single_file or None)
+    if same_weights:
         text_encoder, tokenizer, vae_config = video.text_encoder, video.tokenizer, video.vae.config
     else:
-        text_encoder = _load("the SD 1.5 text encoder", "base", base, CLIPTextModel.from_pretrained, base,
-                             subfolder="text_encoder", **kw)
-        tokenizer = _load("the SD 1.5 tokenizer", "base", base, CLIPTokenizer.from_pretrained, base,
-                          subfolder="tokenizer", **kw)
+        if not cfg.single_file:
+            text_encoder = _load("the SD 1.5 text encoder", "base", base, CLIPTextModel.from_pretrained, base,
+                                 subfolder="text_encoder", **kw)
+            tokenizer = _load("the SD 1.5 tokenizer", "base", base, CLIPTokenizer.from_pretrained, base,
+                              subfolder="tokenizer", **kw)
         vae_config = _load("the SD 1.5 VAE config", "base", base, AutoencoderKL.load_config, base, subfolder="vae", **kw)
         vae_config = dict(vae_config)
     get = (lambda k, d=None: vae_config.get(k, d)) if isinstance(vae_config, dict) else (
