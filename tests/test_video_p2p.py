@@ -230,6 +230,21 @@ def test_four_row_batch_and_fast_rule(t2s_models, tiny_paths, fast, decoupled):
         assert not torch.equal(ddim_step(wrong, z[0:1], m.schedule.alpha(t), m.schedule.alpha(t - delta)), have)
 
 
+def test_cache_keys_name_the_compute_precision(t2s_models, tiny_paths):
+    """The T2S weights are float32 whatever autocasts them, so the model fingerprint cannot tell a bfloat16 run
+    from a float32 one: the tuned-weights key and the inversion key name the compute precision, and a float32
+    run never reads a bfloat16 run's cache."""
+    frames, masks = clip()
+    keys = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = vp2p_cfg(tiny_paths, **{"model.dtype": dtype})
+        editor = api.Editor(cfg, method="video-p2p", models=t2s_models)
+        keys[dtype] = (editor.method.tuning_key(frames, "a red circle"), editor.cache_key(frames, masks, "a red circle"))
+    assert keys["float32"][0] != keys["bfloat16"][0] and keys["float32"][1] != keys["bfloat16"][1]
+    same = api.Editor(vp2p_cfg(tiny_paths, **{"model.dtype": "float32"}), method="video-p2p", models=t2s_models)
+    assert (same.method.tuning_key(frames, "a red circle"), same.cache_key(frames, masks, "a red circle")) == keys["float32"]
+
+
 def test_replace_mapper_maps_words_by_position(tiny_paths):
     from transformers import CLIPTokenizer
 

@@ -29,7 +29,7 @@ from .io.outputs import atomic_folder, contact_sheet, hstack_videos, mask_overla
 from .io.video import load_video_with_info
 from .methods import catalog as _catalog  # noqa: F401  (registers every method and its settings)
 from .methods.base import METHODS, MODEL_LOADERS, EditResult, Inversion, Progress, no_progress
-from .models.loading import ModelBundle, load_models
+from .models.loading import ModelBundle, load_models, resolve_dtype
 from .notices import warn
 
 BUNDLED_WEIGHTS = Path(__file__).parent / "world" / "weights"
@@ -159,8 +159,10 @@ class Editor:
         h = hashlib.sha256()
         h.update(frames.numpy().tobytes() if frames.dtype == torch.uint8 else to_uint8(frames).tobytes())
         h.update(masks.to(torch.uint8).numpy().tobytes())
+        # the precision the method computes in: a float32 bundle may be autocast (Video-P2P's T2S model)
+        compute = resolve_dtype(self.cfg.model.dtype, self.models.device)
         settings = {"method": self.method_name, "source": source_prompt, **inversion_settings(self.cfg),
-                    "models": self.models.fingerprint()}
+                    "models": self.models.fingerprint(), "compute_dtype": str(compute)}
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()[:24]
 

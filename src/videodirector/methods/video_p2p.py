@@ -58,7 +58,9 @@ OFFICIAL_TRAINABLE = ("attn1.to_q", "attn2.to_q", "attn_temp")
 
 @dataclass
 class VideoP2PSettings:
-    """Settings of Video-P2P (config section ``video_p2p``). Defaults are the official code's."""
+    """Settings of Video-P2P (config section ``video_p2p``). Defaults are the official code's. The compute
+    precision is ``model.dtype``: ``auto`` autocasts to bfloat16 on CUDA (the official stage 2 is float32 only;
+    ``--dtype float32`` runs it so)."""
 
     tune_steps: int = 500
     """Stage-1 tuning steps (paper and four official configs: 500; car-drive and penguin-run: 300). 0: untuned T2S."""
@@ -235,12 +237,13 @@ class VideoP2P:
             return self.models.eps(z, t, emb).float()
 
     def tuning_key(self, frames: Tensor, source_prompt: str) -> str:
-        """Cache key of stage 1: the clip, the prompt, the base model and the tuning settings."""
+        """Cache key of stage 1: the clip, the prompt, the base model, the compute precision (the T2S weights
+        are float32 whatever autocasts them) and the tuning settings."""
         from ..io.outputs import to_uint8
 
         h = hashlib.sha256(to_uint8(frames).tobytes())
         h.update(json.dumps({"prompt": source_prompt, "shape": list(frames.shape), "models": self.models.fingerprint(),
-                             **self.s.tuning_settings()}, sort_keys=True).encode())
+                             "compute_dtype": str(self.compute_dtype), **self.s.tuning_settings()}, sort_keys=True).encode())
         return h.hexdigest()[:24]
 
     @contextlib.contextmanager
