@@ -42,6 +42,9 @@ def test_substituted_word_is_new(tok):
 def test_word_lookup_ignores_punctuation_and_equalizer_errors(tok):
     prompt = "A tiger, walking on rocky terrain."
     assert word_token_indices(prompt, "tiger", tok) == [2]
+    assert word_token_indices("a (red) circle", "red", tok) == [3]  # brackets around the word are not the word
+    # punctuation inside a word is part of it, as in the official get_word_inds ("Spider-Man": 3 tokens)
+    assert word_token_indices("a red-blue circle, moving", "red-blue", tok) == [2, 3, 4]
     eq = equalizer(prompt, ["tiger"], [2.0], tok)
     assert eq[2] == 2.0 and eq.sum() == 76 + 2
     with pytest.raises(UserError, match="does not appear"):

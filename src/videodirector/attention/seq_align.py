@@ -41,8 +41,14 @@ def word_token_indices(prompt: str, word: str, tokenizer, limit: int | None = MA
             acc += pieces[pos]
             pos += 1
         if _norm(w) == target:
-            # keep only the tokens of the word itself, not attached punctuation
-            out.extend(i + 1 for i in range(start, pos) if pieces[i].strip(_PUNCT))
+            # the word's tokens without the punctuation attached around it ("tiger," -> "tiger"); punctuation
+            # inside it stays, as in the official get_word_inds ("spider-man" -> "spider", "-", "man")
+            span = list(range(start, pos))
+            while span and not pieces[span[0]].strip(_PUNCT):
+                span.pop(0)
+            while span and not pieces[span[-1]].strip(_PUNCT):
+                span.pop()
+            out.extend(i + 1 for i in span)
     return [i for i in out if limit is None or i < limit]
 
 
