@@ -30,19 +30,27 @@ def main() -> None:
     ap.add_argument("--suite", default="shapeworld-v2")
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--gather", action="store_true", help="only gather the stored cases")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every rung, e.g. assd.fusion_weight=0.8 (repeatable; YAML values)")
     a = ap.parse_args()
     import torch
 
     from videodirector.bench.runner import run_bench
 
+    import yaml
+
     over = {"assd.iterations": a.iterations}
+    for kv in a.set:
+        key, _, value = kv.partition("=")
+        over[key] = yaml.safe_load(value)
     if a.shard:
         i, n = (int(x) for x in a.shard.split("/"))
         run_bench(a.suite, LADDER, "cpu", results=a.results, shard=(i, n), overrides=over, steps=25, inner_steps=10)
         return
     if not a.gather:
         procs = [subprocess.Popen([sys.executable, __file__, "--iterations", str(a.iterations), "--results", str(a.results),
-                                   "--suite", a.suite, "--shard", f"{i}/{a.workers}"]) for i in range(a.workers)]
+                                   "--suite", a.suite, "--shard", f"{i}/{a.workers}",
+                                   *(x for kv in a.set for x in ("--set", kv))]) for i in range(a.workers)]
         deadline = time.monotonic() + 60 * a.minutes
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             time.sleep(5)
