@@ -37,12 +37,30 @@ _interrupted = False
 
 def _on_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
     """First Ctrl-C: raise KeyboardInterrupt and remember it (Python drops one raised inside a ``__del__``
-    or a callback, so :func:`check_interrupt` raises it again at the next step); second: stop at once."""
+    or a callback, so :func:`check_interrupt` raises it again at the next step); second: stop at once.
+
+    Inside a module import (torch's, say) the interrupt is not raised: an exception thrown through the C++
+    that an import calls back from aborts the process (``terminate called after throwing an instance of
+    'pybind11::error_already_set'``, status -6), and one that a library swallows leaves the module half-built.
+    An import writes nothing of ours, so the run stops there at once, with the usual line."""
     global _interrupted
     if _interrupted:
         os._exit(130)
     _interrupted = True
+    if _inside_import(frame):
+        sys.stderr.write(f"error: {INTERRUPTED}\n")
+        sys.stderr.flush()
+        os._exit(130)
     raise KeyboardInterrupt
+
+
+def _inside_import(frame: Any) -> bool:
+    """Whether Python is executing a module import at ``frame`` or in a caller of it."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def install_interrupt_handler() -> None:
