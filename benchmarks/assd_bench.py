@@ -34,10 +34,9 @@ def main() -> None:
                     help="config override for every rung, e.g. assd.fusion_weight=0.8 (repeatable; YAML values)")
     a = ap.parse_args()
     import torch
+    import yaml
 
     from videodirector.bench.runner import run_bench
-
-    import yaml
 
     over = {"assd.iterations": a.iterations}
     for kv in a.set:

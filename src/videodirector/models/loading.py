@@ -282,15 +282,16 @@ def check_weights_reachable(cfg: ModelConfig) -> None:
     cfg.local_files_only = True
 
 
-def resolve_sd15_base(cfg: ModelConfig) -> str:
-    """``cfg.base`` checked: a local SD 1.5 folder (expanded, its layout checked) or a hub id; else one line."""
+def resolve_sd15_base(cfg: ModelConfig, what: str = "SD 1.5 weights", otherwise: str = "") -> str:
+    """``cfg.base`` checked: a local SD 1.5 folder (expanded, its layout checked) or a hub id; else one line
+    naming ``what`` is missing, ending with ``otherwise`` (another way out)."""
     base = cfg.base
     if Path(base).expanduser().exists():
         base = str(Path(base).expanduser())
         check_local_sd15(Path(base), needs_weights=not cfg.single_file)
     elif not is_hub_id(base):
-        raise WeightsNotFoundError(f"SD 1.5 weights not found at {cfg.base!r}; pass a diffusers folder or a hub id "
-                                   f"such as {DEFAULT_SD15} as --base")
+        raise WeightsNotFoundError(f"{what} not found at {cfg.base!r}; pass a diffusers folder or a hub id "
+                                   f"such as {DEFAULT_SD15} as --base{otherwise}")
     return base
 
 
@@ -329,8 +330,9 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
         raise WeightsNotFoundError(f"{ap} is not a diffusers motion adapter folder (config.json is missing); give the "
                                    "folder, a hub id or the original v3_sd15_mm.ckpt as --motion-adapter")
     check_weights_reachable(cfg)
-    kw = {"local_files_only": _offline(cfg)}
-    tokenizer, unet2d, vae, text_encoder = load_sd15_parts(cfg, base, kw["local_files_only"])
+    offline = _offline(cfg)
+    kw = {"local_files_only": offline}
+    tokenizer, unet2d, vae, text_encoder = load_sd15_parts(cfg, base, offline)
     adapter_id = cfg.motion_adapter
     if ap.is_file():
         adapter = _load("the motion adapter", "motion-adapter", str(ap), MotionAdapter.from_single_file, str(ap), **kw)
@@ -454,13 +456,7 @@ def load_image_guidance(cfg: ModelConfig, video: ModelBundle) -> ImageGuidance:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    base = cfg.base
-    if Path(base).expanduser().exists():
-        base = str(Path(base).expanduser())
-        check_local_sd15(Path(base), needs_weights=not cfg.single_file)
-    elif not is_hub_id(base):
-        raise WeightsNotFoundError(f"SD 1.5 weights for the image guidance not found at {cfg.base!r}; pass a diffusers "
-                                   f"folder or a hub id such as {DEFAULT_SD15} as --base, or use --no-sd-guidance")
+    base = resolve_sd15_base(cfg, "SD 1.5 weights for the image guidance", ", or use --no-sd-guidance")
     offline = _offline(cfg)
     kw = {"local_files_only": offline}
     if cfg.single_file:  # the community checkpoint's UNet and text encoder, as the video model's (AnimateDiff) are

@@ -213,8 +213,8 @@ def load_t2s_models(cfg: "ModelConfig", frame_attention: FrameAttention = "first
     resolve_dtype(cfg.dtype, device)  # a bad dtype is a one-line error here
     base = resolve_sd15_base(cfg)
     check_weights_reachable(cfg)
-    kw = {"local_files_only": _offline(cfg)}
-    tokenizer, unet2d, vae, text_encoder = load_sd15_parts(cfg, base, kw["local_files_only"])
+    offline = _offline(cfg)
+    tokenizer, unet2d, vae, text_encoder = load_sd15_parts(cfg, base, offline)
     unet = T2SUNet.from_unet2d(unet2d, frame_attention)
     del unet2d
     for m in (unet, vae, text_encoder):
@@ -223,7 +223,7 @@ def load_t2s_models(cfg: "ModelConfig", frame_attention: FrameAttention = "first
         if m.dtype != torch.float32:  # a half-precision single file
             m.to(dtype=torch.float32)
         m.to(device=device)
-    schedule = NoiseSchedule.from_scheduler_config({**base_scheduler_config(base, kw["local_files_only"]),
+    schedule = NoiseSchedule.from_scheduler_config({**base_scheduler_config(base, offline),
                                                     "set_alpha_to_one": False})
     sources = {"base": base, "t2s": f"inflated, frame attention {frame_attention}"}
     if cfg.single_file:
