@@ -7,7 +7,10 @@ per case and rung on a 2-core CPU). This runs :func:`videodirector.bench.runner.
 method finished (``stored_only``) into the usual summary, paired comparison and report. Copy the stored
 ``cases/videodirector`` of a full run into ``<results>/shapeworld-v2/cases/`` first to compare against it.
 
-    python benchmarks/assd_bench.py --iterations 30 --workers 2 --minutes 20 --results benchmarks/results/assd-cpu
+    python benchmarks/assd_bench.py --iterations 30 --workers 2 --minutes 20 --results benchmarks/results/assd-30it
+
+On a GPU, run the rungs with ``videodirector bench --device cuda --workers N --set assd.iterations=30 --methods
+assd-video-dds,assd-sliding,assd-fusion,assd --results DIR`` and then ``--gather`` here for the ladder report.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=20.0, help="stop the workers after this long, then gather")
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/assd-cpu"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/assd-30it"))
     ap.add_argument("--suite", default="shapeworld-v2")
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--gather", action="store_true", help="only gather the stored cases")

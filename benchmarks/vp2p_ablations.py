@@ -5,7 +5,7 @@ null-text, decoupled guidance, local blend, tuning) are about each ablation agai
 per-case results under ``<results>/<suite>/cases/`` and writes ``paired_vs_video-p2p.{json,md}`` beside them (Δ = ablation
 − video-p2p, mean ± standard error; **bold**: beyond two standard errors).
 
-    python benchmarks/vp2p_ablations.py --results benchmarks/results/video-p2p-cpu
+    python benchmarks/vp2p_ablations.py --results benchmarks/results/video-p2p-reduced
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SHOWN = ("gt_psnr", "preserved_psnr", "edit_accuracy", "trajectory_error_px", "r
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/video-p2p-cpu"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/video-p2p-reduced"))
     ap.add_argument("--suite", default="shapeworld-v2")
     a = ap.parse_args()
     root = a.results / a.suite

@@ -118,3 +118,31 @@ def test_metrics_lpips_problem_is_one_line(inputs, capsys, monkeypatch):
     code, err = run_cli(["metrics", v, v, "--size", "64", "--lpips", "alex"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "lpips" in err.lower()
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("foo.bar=1", "unknown config key 'foo.bar'"),
+    ("assd.iterations", "is not KEY=VALUE"),
+    ("assd.iterations=abc", "'assd.iterations' must be an integer"),
+    ("assd.iterations=[1", "not valid YAML"),
+])
+def test_bench_bad_set_is_one_line_before_any_work(setting, expected, tmp_path, capsys, monkeypatch):
+    import videodirector.bench.runner as runner
+
+    monkeypatch.setattr(runner, "run_bench", lambda *a, **k: pytest.fail("the bench ran despite a bad --set"))
+    code, err = run_cli(["bench", "--set", setting, "--results", str(tmp_path), "--cases", "1"], capsys, monkeypatch)
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_bench_set_reaches_the_run_and_every_worker(tmp_path, capsys, monkeypatch):
+    import videodirector.bench.runner as runner
+
+    seen: dict = {}
+    monkeypatch.setattr(runner, "run_workers", lambda n, options, *a: seen.setdefault("options", options))
+    monkeypatch.setattr(runner, "run_bench", lambda *a: seen.setdefault("overrides", a[-1]) and {})
+    monkeypatch.setattr(sys, "argv", ["videodirector", "bench", "--workers", "2", "--tune-steps", "7", "--set",
+                                      "assd.iterations=30", "--set", "model.dtype=float32", "--results", str(tmp_path)])
+    cli.main()
+    assert seen["overrides"] == {"assd.iterations": 30, "model.dtype": "float32", "video_p2p.tune_steps": 7}
+    opts = seen["options"]
+    assert [opts[i + 1] for i, o in enumerate(opts) if o == "--set"] == ["assd.iterations=30", "model.dtype=float32"]

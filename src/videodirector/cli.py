@@ -644,9 +644,15 @@ def bench(
     threads: Optional[int] = ThreadsOpt,
     tune_steps: Optional[int] = typer.Option(None, "--tune-steps", min=0, max=100000,
                                              help=_d("Video-P2P: stage-1 tuning steps.", 500)),
+    settings: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help=(
+        "Config override for every method, as a dotted key and a YAML value (repeatable), e.g. "
+        "--set assd.iterations=30 --set model.dtype=float32.")),
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
     _threads(threads)
+    overrides = _parse_settings(settings or [])
+    if tune_steps is not None:
+        overrides["video_p2p.tune_steps"] = tune_steps
     from .bench.runner import run_bench, run_workers
     from .methods.base import METHODS
 
@@ -670,15 +676,37 @@ def bench(
                             ("--guidance-scale", guidance_scale), ("--tune-steps", tune_steps)):
             if value is not None:
                 options += [flag, str(value)]
+        for kv in settings or []:
+            options += ["--set", kv]
         with progress_bar() as cb:
             run_workers(workers, options, suite, names, cases, results, cb)
     with progress_bar() as cb:
         summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only,
-                            guidance_scale, {"video_p2p.tune_steps": tune_steps} if tune_steps is not None else None)
+                            guidance_scale, overrides or None)
     if part:
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return
     console.print(f"wrote {results / suite}/summary.json and report.md ({len(summary)} methods)", highlight=False)
+
+
+def _parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs to config overrides (YAML values), each key checked against the config now."""
+    import yaml
+
+    from .methods import catalog  # noqa: F401  (registers the methods' settings sections)
+    from .config import EditConfig, apply_overrides
+
+    out: dict[str, Any] = {}
+    for kv in settings:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {kv!r} is not KEY=VALUE; write e.g. --set assd.iterations=30")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {kv!r}: the value is not valid YAML; quote it, e.g. --set 'key=\"text\"'") from None
+    apply_overrides(EditConfig(), out)  # unknown keys and wrong types are refused here, before any work
+    return out
 
 
 def _error(message: str, code: int) -> None:
