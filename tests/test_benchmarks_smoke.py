@@ -180,3 +180,25 @@ def test_history_replay_finds_the_live_set_at_the_peak(bench) -> None:  # noqa: 
     assert best == 150 and n == len(trace)
     assert sorted(size for size, _ in live) == [50, 100]
     assert _site([torch_frame, *lib]) == "diffusers/models/attention_processor.py:7 __call__"
+
+
+def test_compare_runs_pairs_cases_and_methods(tmp_path: Path) -> None:
+    """Paired means and standard errors over the shared cases, by hand: A − B = [1, 3] has mean 2, SE 1."""
+    def store(root: Path, method: str, values: dict[str, float]) -> None:
+        (root / "cases" / method).mkdir(parents=True)
+        for case, v in values.items():
+            (root / "cases" / method / f"{case}.json").write_text(json.dumps({"gt_psnr": v, "flicker": 1.0}))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    store(a, "m", {"c1": 21.0, "c2": 24.0, "only-a": 99.0})
+    store(b, "m", {"c1": 20.0, "c2": 21.0})
+    store(b, "ref", {"c1": 10.0, "c2": 14.0})
+    out = _run("compare_runs.py", str(a), str(b), "--name", "cmp", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "cmp.json").read_text())
+    assert res["m"]["n"] == 2 and res["m"]["cases"] == ["c1", "c2"]
+    g = res["m"]["gt_psnr"]
+    assert (g["a"], g["b"], g["diff"], g["se"], g["beyond_2se"]) == (22.5, 20.5, 2.0, 1.0, False)
+    assert res["m"]["flicker"]["diff"] == 0.0 and "| m | 2 |" in out
+    _run("compare_runs.py", str(a), str(b), "--against", "ref", "--name", "vs", "--out", str(tmp_path))
+    g = json.loads((tmp_path / "vs.json").read_text())["m"]["gt_psnr"]
+    assert (g["diff"], g["se"], g["beyond_2se"]) == (10.5, 0.5, True)  # A − ref = [11, 10]

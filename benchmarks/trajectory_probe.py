@@ -1,0 +1,73 @@
+"""Where the colour swaps' trajectory offsets come from (issue 20): one method on chosen ShapeWorld cases, once
+per setting variant, scored against the ground truth (nothing stored in the bench's folders).
+
+The bench's full method drew the object of ``05-colour`` 10.2 px and of ``03-colour`` 6.8 px off its place (H200, bf16).
+This runs the same cases at the bench's settings (25 DDIM steps, 10 null-text iterations, w = 3) in float32 with:
+
+- ``baseline``: the method as the bench runs it;
+- ``tau_s=0.7`` / ``tau_s=1.0``: SA-I (the source's self-attention keys and values) on 70 % / all of the edit steps
+  instead of the official 40 % (``control.self_replace_steps``);
+- ``tau_c=1.0``: cross-attention control on all steps instead of 80 % (``control.cross_replace_steps``).
+
+    python benchmarks/trajectory_probe.py                                  # CPU, about 25 minutes
+    python benchmarks/trajectory_probe.py --method vd-fast-direct          # exact inversion, a few minutes
+
+Writes ``benchmarks/results/trajectory_probe_<method>_<device>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, write  # noqa: E402
+
+VARIANTS = {"baseline": {}, "tau_s=0.7": {"control.self_replace_steps": 0.7},
+            "tau_s=1.0": {"control.self_replace_steps": 1.0}, "tau_c=1.0": {"control.cross_replace_steps": 1.0}}
+KEYS = ("trajectory_error_px", "gt_psnr", "background_psnr", "edit_accuracy", "reconstruction_psnr")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="05-colour,03-colour")
+    ap.add_argument("--method", default="videodirector")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from videodirector.api import bundled_model_config
+    from videodirector.bench.runner import BUNDLED_GUIDANCE_SCALE, run_case, shapeworld_suite
+    from videodirector.config import EditConfig, apply_overrides
+    from videodirector.models.loading import load_models
+
+    base = apply_overrides(EditConfig(), {
+        **bundled_model_config(args.device), "model.dtype": args.dtype, "input.height": 64, "input.width": 64,
+        "inversion.num_steps": 25, "inversion.null_inner_steps": 10, "inversion.guidance_scale": BUNDLED_GUIDANCE_SCALE})
+    models = load_models(base.model)
+    cases = {c.id: c for c in shapeworld_suite("shapeworld-v2")}
+    shared: dict = {}  # one inversion per case: the variants change only the edit
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for cid in args.cases.split(","):
+        for name in args.variants.split(","):
+            t = time.time()
+            scores, _ = run_case(models, apply_overrides(base, VARIANTS[name]), args.method, cases[cid], shared)
+            rows.setdefault(cid, {})[name] = {k: float(scores[k]) for k in KEYS}
+            print(cid, name, {k: round(v, 2) for k, v in rows[cid][name].items()}, f"{time.time() - t:.0f} s", flush=True)
+    table = [(f"{cid} {name} {k}", f"{v:.2f}") for cid, by in rows.items() for name, r in by.items() for k, v in r.items()]
+    data = {"machine": machine(), "method": args.method, "device": args.device, "dtype": args.dtype,
+            "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": VARIANTS,
+            "results": rows}
+    write(f"trajectory_probe_{args.method}_{args.device.split(':')[0]}", data, table, args.out)
+
+
+if __name__ == "__main__":
+    main()
