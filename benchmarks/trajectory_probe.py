@@ -11,6 +11,10 @@ This runs the same cases at the bench's settings (25 DDIM steps, 10 null-text it
 
     python benchmarks/trajectory_probe.py                                  # CPU, about 25 minutes
     python benchmarks/trajectory_probe.py --method vd-fast-direct          # exact inversion, a few minutes
+    python benchmarks/trajectory_probe.py --variants ""                    # only the metric's ceiling, seconds
+
+Every run also scores the ground truth through the VAE (encode, decode) on the same cases (``ceiling``): what the
+metric gives a perfect latent editor there.
 
 Writes ``benchmarks/results/trajectory_probe_<method>_<device>.{json,md}``.
 """
@@ -48,6 +52,8 @@ def main() -> None:
     from videodirector.bench.runner import BUNDLED_GUIDANCE_SCALE, run_case, shapeworld_suite
     from videodirector.config import EditConfig, apply_overrides
     from videodirector.models.loading import load_models
+    from videodirector.world.evaluate import score_edit
+    from videodirector.world.scene import render
 
     base = apply_overrides(EditConfig(), {
         **bundled_model_config(args.device), "model.dtype": args.dtype, "input.height": 64, "input.width": 64,
@@ -57,16 +63,24 @@ def main() -> None:
     shared: dict = {}  # one inversion per case: the variants change only the edit
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for cid in args.cases.split(","):
-        for name in args.variants.split(","):
+        case = cases[cid]
+        with torch.no_grad():
+            gt = render(case.target)[0][0]
+            through_vae = models.decode_latents(models.encode_video(gt, sample=False)).float().cpu()
+        ceiling = score_edit(through_vae, case.source, case.target)
+        rows[cid] = {"ceiling": {k: float(ceiling[k]) for k in KEYS if k in ceiling}}
+        print(cid, "ceiling", {k: round(v, 2) for k, v in rows[cid]["ceiling"].items()}, flush=True)
+        for name in filter(None, args.variants.split(",")):
             t = time.time()
             scores, _ = run_case(models, apply_overrides(base, VARIANTS[name]), args.method, cases[cid], shared)
-            rows.setdefault(cid, {})[name] = {k: float(scores[k]) for k in KEYS}
+            rows[cid][name] = {k: float(scores[k]) for k in KEYS}
             print(cid, name, {k: round(v, 2) for k, v in rows[cid][name].items()}, f"{time.time() - t:.0f} s", flush=True)
     table = [(f"{cid} {name} {k}", f"{v:.2f}") for cid, by in rows.items() for name, r in by.items() for k, v in r.items()]
     data = {"machine": machine(), "method": args.method, "device": args.device, "dtype": args.dtype,
             "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": VARIANTS,
             "results": rows}
-    write(f"trajectory_probe_{args.method}_{args.device.split(':')[0]}", data, table, args.out)
+    name = args.method if args.variants else "ceiling"
+    write(f"trajectory_probe_{name}_{args.device.split(':')[0]}", data, table, args.out)
 
 
 if __name__ == "__main__":
