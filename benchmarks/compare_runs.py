@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 from pathlib import Path
 
+from videodirector.bench.runner import paired_comparison
 
 METRICS = ("gt_psnr", "background_psnr", "preserved_psnr", "edit_accuracy", "trajectory_error_px", "flicker",
            "reconstruction_psnr")
@@ -40,15 +39,12 @@ def compare(a: Path, b: Path, methods: list[str] | None = None, against: str | N
         shared = sorted(set(ra) & set(rb))
         if not shared:
             continue
+        per_case = {"B": [{**rb[c], "case": c} for c in shared], "A": [{**ra[c], "case": c} for c in shared]}
+        paired = paired_comparison(per_case, reference="B", metrics=METRICS)["A"]  # the bench's 2-SE rule
         row: dict = {"n": len(shared), "cases": shared}
-        for k in METRICS:
-            d = [ra[c][k] - rb[c][k] for c in shared if ra[c].get(k) is not None and rb[c].get(k) is not None]
-            if not d:
-                continue
-            mean = sum(d) / len(d)
-            se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
+        for k, v in paired.items():
             row[k] = {"a": sum(ra[c][k] for c in shared) / len(shared), "b": sum(rb[c][k] for c in shared) / len(shared),
-                      "diff": mean, "se": se, "beyond_2se": bool(len(d) > 1 and abs(mean) > 2 * se)}
+                      "diff": v["mean_diff"], "se": v["se"], "beyond_2se": v["better"] or v["worse"]}
         out[m] = row
     return out
 
