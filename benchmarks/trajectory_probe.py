@@ -49,11 +49,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from videodirector.api import bundled_model_config
-    from videodirector.bench.runner import BUNDLED_GUIDANCE_SCALE, run_case, shapeworld_suite
+    from videodirector.bench.runner import BUNDLED_GUIDANCE_SCALE, ceiling_scores, run_case, shapeworld_suite
     from videodirector.config import EditConfig, apply_overrides
     from videodirector.models.loading import load_models
-    from videodirector.world.evaluate import score_edit
-    from videodirector.world.scene import render
 
     base = apply_overrides(EditConfig(), {
         **bundled_model_config(args.device), "model.dtype": args.dtype, "input.height": 64, "input.width": 64,
@@ -63,11 +61,7 @@ def main() -> None:
     shared: dict = {}  # one inversion per case: the variants change only the edit
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for cid in args.cases.split(","):
-        case = cases[cid]
-        with torch.no_grad():
-            gt = render(case.target)[0][0]
-            through_vae = models.decode_latents(models.encode_video(gt, sample=False)).float().cpu()
-        ceiling = score_edit(through_vae, case.source, case.target)
+        ceiling = ceiling_scores(models, cases[cid])
         rows[cid] = {"ceiling": {k: float(ceiling[k]) for k in KEYS if k in ceiling}}
         print(cid, "ceiling", {k: round(v, 2) for k, v in rows[cid]["ceiling"].items()}, flush=True)
         for name in filter(None, args.variants.split(",")):

@@ -180,17 +180,22 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  
     return rec
 
 
+@torch.no_grad()
+def ceiling_scores(models, case: Case) -> dict[str, float]:  # noqa: ANN001
+    """One case's target rendering through the VAE (encode, decode), scored as an edit of the source."""
+    gt = render(case.target)[0][0]
+    through_vae = models.decode_latents(models.encode_video(gt, sample=False)).float().cpu()
+    return score_edit(through_vae, case.source, case.target)
+
+
 def latent_ceiling(models, cases: list[Case]) -> dict[str, dict[str, dict[str, float]]]:  # noqa: ANN001
     """What a perfect latent-space editor would score: the ground-truth target through the VAE
     (encode, decode) scored like an edit, per kind of case, ``{kind: {metric: {"mean", "std", "n"}}}``.
     It bounds every method that edits latents and decodes them (``reconstruction_psnr`` is omitted:
     it does not apply)."""
     rows: dict[str, list[dict[str, float]]] = {}
-    with torch.no_grad():
-        for case in cases:
-            gt = render(case.target)[0][0]
-            through_vae = models.decode_latents(models.encode_video(gt, sample=False)).float().cpu()
-            rows.setdefault(case.kind, []).append(score_edit(through_vae, case.source, case.target))
+    for case in cases:
+        rows.setdefault(case.kind, []).append(ceiling_scores(models, case))
     metrics = [k for k in METRICS if k != "reconstruction_psnr"]
     return {kind: {k: {**_agg([r[k] for r in recs]), "n": len(recs)} for k in metrics} for kind, recs in rows.items()}
 
