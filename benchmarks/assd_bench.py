@@ -37,14 +37,11 @@ def main() -> None:
                     help="config override for every rung, e.g. assd.fusion_weight=0.8 (repeatable; YAML values)")
     a = ap.parse_args()
     import torch
-    import yaml
 
     from videodirector.bench.runner import run_bench
+    from videodirector.config import parse_settings
 
-    over = {"assd.iterations": a.iterations}
-    for kv in a.set:
-        key, _, value = kv.partition("=")
-        over[key] = yaml.safe_load(value)
+    over = {"assd.iterations": a.iterations, **parse_settings(a.set)}
     if a.shard:
         i, n = (int(x) for x in a.shard.split("/"))
         run_bench(a.suite, LADDER, "cpu", results=a.results, shard=(i, n), overrides=over, steps=25, inner_steps=10)

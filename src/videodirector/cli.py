@@ -650,7 +650,10 @@ def bench(
 ) -> None:
     """Run the ShapeWorld ground-truth suite (resumable) and write per-method JSON, summary.json and a report."""
     _threads(threads)
-    overrides = _parse_settings(settings or [])
+    from .config import parse_settings
+    from .methods import catalog  # noqa: F401  (registers the methods' settings sections)
+
+    overrides = parse_settings(settings or [])  # checked before any work
     if tune_steps is not None:
         overrides["video_p2p.tune_steps"] = tune_steps
     from .bench.runner import run_bench, run_workers
@@ -687,26 +690,6 @@ def bench(
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return
     console.print(f"wrote {results / suite}/summary.json and report.md ({len(summary)} methods)", highlight=False)
-
-
-def _parse_settings(settings: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs to config overrides (YAML values), each key checked against the config now."""
-    import yaml
-
-    from .methods import catalog  # noqa: F401  (registers the methods' settings sections)
-    from .config import EditConfig, apply_overrides
-
-    out: dict[str, Any] = {}
-    for kv in settings:
-        key, sep, value = kv.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {kv!r} is not KEY=VALUE; write e.g. --set assd.iterations=30")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {kv!r}: the value is not valid YAML; quote it, e.g. --set 'key=\"text\"'") from None
-    apply_overrides(EditConfig(), out)  # unknown keys and wrong types are refused here, before any work
-    return out
 
 
 def _error(message: str, code: int) -> None:

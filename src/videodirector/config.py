@@ -394,6 +394,23 @@ def apply_overrides(cfg: EditConfig, overrides: dict[str, Any]) -> EditConfig:
     return from_dict(EditConfig, data)
 
 
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--set``) to overrides with YAML values, each checked now against
+    :class:`EditConfig` (unknown keys, wrong types); the methods' sections must be registered already
+    (import ``videodirector.methods.catalog``)."""
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {kv!r} is not KEY=VALUE; write e.g. --set assd.iterations=30")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {kv!r}: the value is not valid YAML; quote it, e.g. --set 'key=\"text\"'") from None
+    apply_overrides(EditConfig(), out)
+    return out
+
+
 # --------------------------------------------------------------------------- official format
 
 OFFICIAL_KEYS_UNUSED = {
