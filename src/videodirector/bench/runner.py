@@ -163,6 +163,8 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: 
     scores["reconstruction_psnr"] = recon_psnr
     scores["mean_null_inner_iterations"] = inv.meta.get("mean_inner_iterations", 0.0)
     scores["time_s"] = sum(inv.meta["timings"].values()) + sum(res.timings.values())
+    # the steps this method ran (I2VEdit: its own Euler steps; ASSD, which inverts nothing: the DDIM setting)
+    scores["steps"] = getattr(editor.method, "inversion_steps", 0) or cfg.inversion.num_steps
     return scores, to_uint8(res.frames)
 
 

@@ -11,6 +11,7 @@ and at most 3 null-text iterations per step instead of 50 and 10 (see docs/getti
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -67,22 +68,27 @@ DEMO_ASSD_ITERATIONS = 20
 def run_demo(out: str | Path, device: str = "auto", steps: int = 15, inner_steps: int = 3, overwrite: bool = False,
              progress: Progress = no_progress, use_cache: bool = False, method: str = "videodirector",
              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The two demo edits with ``method`` (any registered name), ``overrides`` applied to its config."""
+    """The two demo edits with ``method`` (any registered name), ``overrides`` applied to its config.
+
+    Without ``use_cache`` the user's cache is not touched, but the two edits still share what their stage 1
+    has in common (same clip and settings: I2VEdit's inversion and motion LoRA, Video-P2P's tuned UNet)
+    through a scratch cache that is removed afterwards."""
     spec = demo_spec()
     frames, masks = (x[0] for x in render(spec))
     base = apply_overrides(demo_config(device, steps, inner_steps), overrides or {})
     editor = None
     metrics: dict[str, Any] = {"edits": {}}
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite) as tmp, tempfile.TemporaryDirectory(prefix="videodirector-demo-") as scratch:
+        cache_dir = None if use_cache else Path(scratch) / "inversions"
         for name, change, overrides in DEMO_EDITS:
             cfg = apply_overrides(base, overrides)
             if editor is None:
-                editor = Editor(cfg, method=method)
+                editor = Editor(cfg, method=method, cache_dir=cache_dir)
             else:  # same weights, other settings
-                editor = Editor(cfg, method=method, models=editor.models)
+                editor = Editor(cfg, method=method, models=editor.models, cache_dir=cache_dir)
             target = spec.edited(**change)
             inv = editor.invert(frames, masks, spec.caption(), progress=lambda s, i, n, nm=name: progress(f"{nm}: {s}", i, n),
-                                use_cache=use_cache)
+                                use_cache=True)
             step = lambda s, i, n, nm=name: progress(f"{nm}: {s}", i, n)  # noqa: E731
             if getattr(editor.method, "needs_prompts", True):
                 res = editor.edit(inv, target.caption(), progress=step)
