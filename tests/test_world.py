@@ -41,7 +41,8 @@ def test_ground_truth_edits_change_only_what_they_name():
 def test_bundled_models_load_through_the_common_loader():
     m = load_models(apply_overrides(EditConfig(), bundled_model_config("cpu")).model)
     assert type(m.unet).__name__ == "UNetMotionModel" and m.vae_scale_factor == 4
-    assert sum(f.stat().st_size for f in BUNDLED_WEIGHTS.rglob("*") if f.is_file()) <= 40 * 2**20
+    # all bundled weights (text-to-video 34 MB, image-to-video 38 MB) within 80 MB, each file at most 15 MB
+    assert sum(f.stat().st_size for f in BUNDLED_WEIGHTS.rglob("*") if f.is_file()) <= 80 * 10**6
     assert max(f.stat().st_size for f in BUNDLED_WEIGHTS.rglob("*") if f.is_file()) <= 15 * 2**20
 
 
