@@ -28,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
 
-from videodirector.api import Editor, bundled_model_config  # noqa: E402
+from videodirector.api import BUNDLED_WEIGHTS, Editor, bundled_model_config  # noqa: E402
 from videodirector.bench.runner import case_config, shapeworld_suite  # noqa: E402
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.methods.i2vedit import clip_ranges  # noqa: E402
 from videodirector.metrics.ground_truth import psnr  # noqa: E402
-from videodirector.world.check import classify  # noqa: E402
+from videodirector.world.check import frame_hits  # noqa: E402
 from videodirector.io.outputs import write_json  # noqa: E402
 from videodirector.world.scene import render  # noqa: E402
 
@@ -53,14 +53,33 @@ def joined_ranges(frames: int, chunk: int) -> list[tuple[int, int]]:
 def per_clip_scores(edited: torch.Tensor, target_video: torch.Tensor, target, ranges) -> list[dict[str, float]]:  # noqa: ANN001
     rows = []
     for a, b in ranges:
-        hits = {"colour": 0, "shape": 0}
-        for f in range(a, b):
-            got = classify(edited[f:f + 1], target.background)
-            for attr in hits:
-                hits[attr] += int(got[attr] == getattr(target, attr))
+        hits = frame_hits(edited[a:b], target)
         rows.append({"frames": [a, b - 1], "colour_acc": hits["colour"] / (b - a), "shape_acc": hits["shape"] / (b - a),
                      "psnr": psnr(edited[a:b], target_video[a:b])})
     return rows
+
+
+def run_cases(base: EditConfig, cases: list, ranges: list[tuple[int, int]], frames: int) -> dict[str, list[dict]]:  # noqa: ANN001
+    """Each case at ``frames`` frames, edited by both methods from one inversion; per-clip scores by method."""
+    models, results, t0 = None, {m: [] for m in METHODS}, time.time()
+    for case in cases:
+        src = dataclasses.replace(case.source, frames=frames)
+        tgt = src.edited(**case.change)
+        video, masks = (x[0] for x in render(src))
+        target_video = render(tgt)[0][0]
+        inv = None
+        for method in METHODS:
+            editor = Editor(case_config(base, method, case), method=method, models=models)
+            models = editor.models
+            if inv is None:  # skip-interval changes only the edit (clip 1's keys/values are read there)
+                inv = editor.invert(video, masks, src.caption(), use_cache=False)
+            res = editor.method.edit_from_image(inv, target_video[0])
+            clips = per_clip_scores(res.frames.cpu(), target_video, tgt, ranges)
+            results[method].append({"case": case.id, "clips": clips})
+            print(f"[{time.time() - t0:.0f}s] {case.id} {method}: "
+                  + " | ".join(f"c{k} col {c['colour_acc']:.2f} shp {c['shape_acc']:.2f} {c['psnr']:.1f} dB"
+                               for k, c in enumerate(clips)), flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -80,56 +99,35 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    over = {**bundled_model_config(args.device), "input.height": 64, "input.width": 64,
-            "input.num_frames": args.frames, "i2vedit.chunk_size": args.chunk}
-    if args.model:
-        over["i2vedit.model"] = str(args.model)
-    else:
-        over["i2vedit.model"] = str(Path(bundled_model_config()["model.base"]).parent / "i2v")
-    if args.lora_steps is not None:
-        over["i2vedit.lora_steps"] = args.lora_steps
-    base = apply_overrides(EditConfig(), over)
     suite = {c.id: c for c in shapeworld_suite()}
-    ids = [i for i in args.case_ids.split(",") if i] or list(CASE_IDS[: args.cases])
-    if unknown := [i for i in ids if i not in suite]:
-        p.error(f"unknown case id(s) {unknown}; the suite's ids look like 00-colour")
-    cases = [suite[i] for i in ids]
-    ranges = joined_ranges(args.frames, args.chunk)
-    models, results, t0 = None, {m: [] for m in METHODS}, time.time()
     if args.gather is not None:
         parts = [json.loads((d / "i2vedit_long.json").read_text()) for d in args.gather]
+        frames, chunk, lora_steps = parts[0]["frames"], parts[0]["chunk"], parts[0]["lora_steps"]
+        ranges = [tuple(r) for r in parts[0]["clips"]]
         cases = [suite[c] for part in parts for c in part["cases"]]
         results = {m: [r for part in parts for r in part["per_case"][m]] for m in METHODS}
-        args.frames, args.chunk = parts[0]["frames"], parts[0]["chunk"]
-        ranges = [tuple(r) for r in parts[0]["clips"]]
-    for case in cases if args.gather is None else []:
-        src = dataclasses.replace(case.source, frames=args.frames)
-        tgt = src.edited(**case.change)
-        frames, masks = (x[0] for x in render(src))
-        target_video = render(tgt)[0][0]
-        inv = None
-        for method in METHODS:
-            editor = Editor(case_config(base, method, case), method=method, models=models)
-            models = editor.models
-            if inv is None:  # skip-interval changes only the edit (clip 1's keys/values are read there)
-                inv = editor.invert(frames, masks, src.caption(), use_cache=False)
-            res = editor.method.edit_from_image(inv, target_video[0])
-            clips = per_clip_scores(res.frames.cpu(), target_video, tgt, ranges)
-            results[method].append({"case": case.id, "clips": clips})
-            print(f"[{time.time() - t0:.0f}s] {case.id} {method}: "
-                  + " | ".join(f"c{k} col {c['colour_acc']:.2f} shp {c['shape_acc']:.2f} {c['psnr']:.1f} dB"
-                               for k, c in enumerate(clips)), flush=True)
-    summary = {}
-    for method, rows in results.items():
-        per_clip = []
-        for k in range(len(ranges)):
-            per_clip.append({key: statistics.fmean(r["clips"][k][key] for r in rows)
-                             for key in ("colour_acc", "shape_acc", "psnr")} | {"frames": ranges[k]})
-        summary[method] = per_clip
-    data = {"frames": args.frames, "chunk": args.chunk, "cases": [c.id for c in cases], "clips": ranges,
-            "lora_steps": base.settings_for("i2vedit").lora_steps, "summary": summary, "per_case": results,
-            "seconds": sum(pt["seconds"] for pt in parts) if args.gather is not None else time.time() - t0, "machine": machine()}
-    lines = [f"I2VEdit on {args.frames}-frame ShapeWorld videos, clips of {args.chunk} with one frame of overlap, "
+        seconds = sum(part["seconds"] for part in parts)
+    else:
+        ids = [i for i in args.case_ids.split(",") if i] or list(CASE_IDS[: args.cases])
+        if unknown := [i for i in ids if i not in suite]:
+            p.error(f"unknown case id(s) {unknown}; the suite's ids look like 00-colour")
+        over = {**bundled_model_config(args.device), "input.height": 64, "input.width": 64,
+                "input.num_frames": args.frames, "i2vedit.chunk_size": args.chunk,
+                "i2vedit.model": str(args.model or BUNDLED_WEIGHTS / "i2v")}
+        if args.lora_steps is not None:
+            over["i2vedit.lora_steps"] = args.lora_steps
+        base = apply_overrides(EditConfig(), over)
+        frames, chunk, lora_steps = args.frames, args.chunk, base.settings_for("i2vedit").lora_steps
+        ranges, cases, t0 = joined_ranges(frames, chunk), [suite[i] for i in ids], time.time()
+        results = run_cases(base, cases, ranges, frames)
+        seconds = time.time() - t0
+    summary = {method: [{key: statistics.fmean(r["clips"][k][key] for r in rows)
+                         for key in ("colour_acc", "shape_acc", "psnr")} | {"frames": ranges[k]}
+                        for k in range(len(ranges))]
+               for method, rows in results.items()}
+    data = {"frames": frames, "chunk": chunk, "cases": [c.id for c in cases], "clips": ranges, "lora_steps": lora_steps,
+            "summary": summary, "per_case": results, "seconds": seconds, "machine": machine()}
+    lines = [f"I2VEdit on {frames}-frame ShapeWorld videos, clips of {chunk} with one frame of overlap, "
              f"{len(cases)} cases ({', '.join(c.id for c in cases)}); mean over cases.", "",
              "| method | clip | frames | colour acc | shape acc | PSNR (dB) |", "|---|---|---|---|---|---|"]
     for method, per_clip in summary.items():

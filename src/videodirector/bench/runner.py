@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..api import BUNDLED_GUIDANCE_SCALE, Editor, bundled_model_config, inversion_settings
+from ..api import BUNDLED_GUIDANCE_SCALE, BUNDLED_WEIGHTS, Editor, bundled_model_config, inversion_settings
 from ..config import EditConfig, apply_overrides
 from ..errors import UserError
 from ..io.outputs import atomic_write_bytes, to_uint8, write_json
@@ -173,7 +173,7 @@ def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  
     """Run one case and write its JSON and its strip row (4 frames side by side, ``.png``) atomically."""
     scores, edited = run_case(models, base, method, case, shared)
     rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
-           "steps": base.inversion.num_steps, "null_inner_steps": base.inversion.null_inner_steps, **scores}
+           "null_inner_steps": base.inversion.null_inner_steps, **scores}
     f.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(list(edited[:: max(1, len(edited) // 4)]), 1)).save(buf, format="png")
@@ -323,7 +323,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     over.update({"video_p2p.guidance_scale": over["inversion.guidance_scale"] + 1.0, "video_p2p.cross_mode": "replace",
                  "video_p2p.auto_blend_words": True})
     # I2VEdit: the bundled image-to-video model, one 16-frame clip per case
-    over.update({"i2vedit.model": str(Path(bundled_model_config()["model.base"]).parent / "i2v"),
+    over.update({"i2vedit.model": str(BUNDLED_WEIGHTS / "i2v"),
                  "i2vedit.chunk_size": 16})
     over.update(overrides or {})
     base = apply_overrides(EditConfig(), over)

@@ -188,6 +188,16 @@ def classify(video: torch.Tensor, background: str) -> dict[str, str | None]:
     return {"colour": colour, "shape": shape, "motion": motion}
 
 
+def frame_hits(video: torch.Tensor, spec, attributes: tuple[str, ...] = ("colour", "shape")) -> dict[str, int]:  # noqa: ANN001
+    """How many frames of ``video`` show ``spec``'s object attributes, each frame read on its own by :func:`classify`."""
+    hits = dict.fromkeys(attributes, 0)
+    for f in range(video.shape[0]):
+        got = classify(video[f:f + 1], spec.background)
+        for a in attributes:
+            hits[a] += int(got[a] == getattr(spec, a))
+    return hits
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m videodirector.world.check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -32,7 +32,7 @@ from ..diffusion.edm import frame_guidance_scales, sarp
 from ..io.outputs import write_json
 from ..metrics.ground_truth import centroids, psnr
 from ..models.loading import load_svd
-from .check import classify, object_mask
+from .check import classify, frame_hits, object_mask
 from .scene import MOTIONS, render, sample_clip
 
 TARGETS = {"first_frame_psnr": 25.0, "colour_acc": 0.9, "shape_acc": 0.9, "inversion_psnr": 25.0,
@@ -99,10 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
         got = classify(out, spec.background)
         for a in hits:
             hits[a] += int(got[a] == getattr(spec, a))
-        for f in range(out.shape[0]):
-            one = classify(out[f:f + 1], spec.background)
-            for a in frames_hit:
-                frames_hit[a] += int(one[a] == getattr(spec, a))
+        for a, n in frame_hits(out, spec, tuple(frames_hit)).items():
+            frames_hit[a] += n
         n_frames += out.shape[0]
         moving += int(moves(out, spec.background))
         rows.append({"caption": spec.caption(), "first_frame_psnr": ff[-1], **{f"got_{a}": got[a] for a in hits}})

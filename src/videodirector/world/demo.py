@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..api import BUNDLED_GUIDANCE_SCALE, Editor, bundled_model_config
+from ..api import BUNDLED_GUIDANCE_SCALE, BUNDLED_WEIGHTS, Editor, bundled_model_config
 from ..config import EditConfig, apply_overrides
 from ..io.outputs import atomic_folder, to_uint8, write_json
 from ..methods.base import Progress, no_progress
@@ -55,7 +55,7 @@ takes about 0.5 s), the bundled models' guidance (``s = w + 1``: Video-P2P write
 ``ε_u + s (ε_c - ε_u)``), replace mode and the local blend on the swapped word (both demo edits are word swaps)."""
 
 
-DEMO_I2VEDIT = {"i2vedit.model": str(Path(__file__).parent / "weights" / "i2v"), "i2vedit.chunk_size": 16,
+DEMO_I2VEDIT = {"i2vedit.model": str(BUNDLED_WEIGHTS / "i2v"), "i2vedit.chunk_size": 16,
                 "i2vedit.lora_steps": 50}
 """I2VEdit in the demo (read by that method only): the bundled image-to-video model, the 16-frame clip as one
 clip, 50 motion-LoRA steps instead of 250 (193 s for both edits on a 2-core CPU, the LoRA trained once)."""
