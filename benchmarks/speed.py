@@ -83,6 +83,7 @@ from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.diffusion.ddim import NoiseSchedule  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 from videodirector.models.compile import compile_blocks, eager  # noqa: E402
+from videodirector.models.feedforward import set_recompute_feedforward  # noqa: E402
 from videodirector.models.loading import ANIMATEDIFF_SCHEDULER, ModelBundle, load_models, sdpa_priority  # noqa: E402
 from videodirector.models.tokenizer import build_clip_tokenizer  # noqa: E402
 
@@ -376,6 +377,8 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
                    help="model.attention_backend: the SDPA kernel tried first (benchmarks/edit_profile.py compares them)")
     p.add_argument("--channels-last", action="store_true", help="model.channels_last: channels-last UNet weights")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-recompute-feedforward", action="store_true",
+                   help="model.recompute_feedforward off: autograd keeps the GEGLU activations (the old peak)")
     p.add_argument("--base", default=None)
     p.add_argument("--motion-adapter", default=None)
     p.add_argument("--name", default=None, help="results file name (default: speed_videodirector_<gpu>...)")
@@ -424,7 +427,8 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
     data.update({"machine": info, "frames": args.frames, "size": args.size, "steps": args.steps,
                  "null_inner_steps": args.inner, "dtype": str(dtype), "compiled": args.compile,
                  "attention_backend": args.attention_backend, "channels_last": args.channels_last,
-                 "gradient_checkpointing": args.gradient_checkpointing, "tiny": args.tiny})
+                 "gradient_checkpointing": args.gradient_checkpointing, "tiny": args.tiny,
+                 "recompute_feedforward": not args.no_recompute_feedforward})
     data.setdefault("targets", {"end_to_end_s": 150, "peak_gb": 24, "edit_only_s": 16, "reference_ratio": 1.6})
     budget = Budget(args.budget_s, data)
     over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner, **NEVER_STOP_EARLY,
@@ -437,6 +441,7 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
     else:
         models = (tiny_bundle if args.tiny else random_bundle)(device, dtype)
     models.attention_backend = args.attention_backend
+    set_recompute_feedforward(models.unet, not args.no_recompute_feedforward)
     if args.channels_last:
         models.unet.to(memory_format=torch.channels_last)
     compiled = args.compile and not args.only_reference  # the reference comparison runs eagerly anyway

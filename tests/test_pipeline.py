@@ -152,9 +152,9 @@ def test_reference_cost_mode_gives_the_same_inversion(tiny_cfg, tiny_models, mon
     m64 = float64_twin(tiny_models)
     calls: list[tuple] = []
 
-    def recorded(eps, recorder, z, z_ref, t, cond, tok, setup, *rest):  # noqa: ANN001, ANN202
+    def recorded(eps, recorder, z, z_ref, t, cond, tok, setup, *rest, **kw):  # noqa: ANN001, ANN202
         calls.append((recorder, z.detach().clone(), z_ref, t, cond, tok, setup))
-        return stdg_guidance(eps, recorder, z, z_ref, t, cond, tok, setup, *rest)
+        return stdg_guidance(eps, recorder, z, z_ref, t, cond, tok, setup, *rest, **kw)
 
     monkeypatch.setattr(vd_module, "stdg_guidance", recorded)
     fast = Editor(cfg, models=m64).method.invert(frames, masks, "a red circle moving right")

@@ -45,20 +45,27 @@ class FeatureRecorder:
         self.last = max(wanted, key=lambda l: call_order_key(l.name)).name if wanted else None
         self.active = False
         self.stop_early = False
+        self.tail_without_grad = False
         self.store: dict[str, Tensor] = {}
 
     @contextmanager
-    def capture(self, stop_early: bool = False) -> Iterator[dict[str, Tensor]]:
-        """Record during the enclosed forward; with ``stop_early`` the forward ends after the last feature."""
+    def capture(self, stop_early: bool = False, tail_without_grad: bool = False) -> Iterator[dict[str, Tensor]]:
+        """Record during the enclosed forward; with ``stop_early`` the forward ends after the last feature.
+
+        With ``tail_without_grad`` the rest of the forward after the last feature runs without autograd: its
+        output keeps its value, and nothing after the last feature is kept for a backward that the features'
+        loss never reaches (for STDG, all of ``up_blocks.3`` at the highest resolution)."""
         self.store = {}
-        self.active, self.stop_early = True, stop_early
+        self.active, self.stop_early, self.tail_without_grad = True, stop_early, tail_without_grad
+        grad_mode = torch.is_grad_enabled()
         try:  # eagerly: compiled blocks (model.compile) can neither store from inside nor stop early
             with eager():
                 yield self.store
         except StopForward:
             pass
         finally:
-            self.active, self.stop_early = False, False
+            self.active, self.stop_early, self.tail_without_grad = False, False, False
+            torch.set_grad_enabled(grad_mode)
 
 
 class RecordingProcessor(ControlProcessor):
@@ -90,8 +97,11 @@ class RecordingProcessor(ControlProcessor):
         if name in rec.appearance:
             k = merge_heads(key)
             rec.store[key_feature(name)] = k.transpose(0, 1) if self.layer.kind == "temporal" else k
-        if rec.stop_early and name == rec.last:
-            raise StopForward
+        if name == rec.last:
+            if rec.stop_early:
+                raise StopForward
+            if rec.tail_without_grad:  # capture() restores the grad mode when the forward is done
+                torch.set_grad_enabled(False)
         return out
 
 

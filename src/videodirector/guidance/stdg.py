@@ -149,12 +149,14 @@ def stdg_guidance(
     masks_by_tokens: dict[int, Tensor],
     setup: STDGSetup,
     threshold: float | None = None,
+    full_graph: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """STDG gradient ``G_t`` and the conditional prediction ``ε_c`` from the same forward.
 
     One reference forward on ``z*_t`` that stops after the last guided layer, one full forward on
-    ``z_t`` with autograd (its output is ``ε_θ(z_t, C, t)``, needed by the null-text step anyway),
-    and one backward to ``z_t``.
+    ``z_t`` (its output is ``ε_θ(z_t, C, t)``, needed by the null-text step anyway) with autograd up to
+    the last guided layer, and one backward to ``z_t``. ``full_graph`` keeps autograd on for the whole
+    forward, as the official code does (the reference-cost mode): same ``G`` and ``ε_c``, more memory.
 
     Returns:
         ``(G, eps_cond)``, both shaped like ``z_t`` and detached.
@@ -164,7 +166,7 @@ def stdg_guidance(
     ref = dict(ref)
     z = z_t.detach().requires_grad_(True)
     with torch.enable_grad():
-        with recorder.capture() as cur:
+        with recorder.capture(tail_without_grad=not full_graph) as cur:
             eps = unet_forward(z, t, cond)
         loss = stdg_loss(ref, cur, masks_by_tokens, setup)
         if loss is None:

@@ -231,7 +231,8 @@ class VideoDirector:
         for k, w in enumerate(setup.coefficients):
             one = [0.0, 0.0, 0.0, 0.0]
             one[k] = 1.0
-            g_k, _ = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, dc_replace(setup, coefficients=tuple(one)))
+            g_k, _ = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, dc_replace(setup, coefficients=tuple(one)),
+                                   full_graph=True)
             total = total + w * g_k
             _clear_caches()
         with torch.no_grad():

@@ -31,6 +31,7 @@ from ..config import DEFAULT_SD15, ModelConfig
 from ..diffusion.ddim import NoiseSchedule
 from ..errors import UserError, WeightsNotFoundError
 from .compile import compile_blocks
+from .feedforward import set_recompute_feedforward
 
 ANIMATEDIFF_SCHEDULER = {
     "num_train_timesteps": 1000,
@@ -348,6 +349,7 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     from .motion_norm import install_motion_norm  # per-frame or joint motion-module GroupNorm (model.motion_norm)
     motion_norm = install_motion_norm(unet, cfg.motion_norm, adapter_id)
+    set_recompute_feedforward(unet, cfg.recompute_feedforward)  # GEGLU backward from its input (models.feedforward)
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False)
         m.eval()

@@ -1,0 +1,175 @@
+"""Stage 1's memory savers, against the stock computation: what autograd keeps for the backward (the bytes
+of the tensors it saves, measured with ``saved_tensors_hooks``) and that values and gradients do not change.
+
+* ``model.recompute_feedforward`` (``models.feedforward``): GEGLU keeps its input only;
+* STDG's forward runs without autograd after the last guided layer (``FeatureRecorder.capture``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from conftest import assert_within_rounding, float64_twin, toy_inputs
+from videodirector.attention.control import FeatureRecorder, RecordingProcessor
+from videodirector.attention.processors import installed
+from videodirector.config import apply_overrides
+from videodirector.guidance.stdg import stdg_guidance
+from videodirector.methods.videodirector import VideoDirector, masks_by_tokens
+from videodirector.models.feedforward import RecomputedGEGLU, set_recompute_feedforward
+from videodirector.models.loading import load_models
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, int]:
+    """``fn()`` and the bytes of the distinct storages autograd saves for its backward (``exclude``: storages
+    that exist anyway, such as weights and inputs)."""
+    seen = {t.untyped_storage().data_ptr() for t in exclude}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+def _geglu(dim: int = 24, seed: int = 0, dtype: torch.dtype = torch.float32):  # noqa: ANN202
+    from diffusers.models.activations import GEGLU
+
+    torch.manual_seed(seed)
+    return GEGLU(dim, 4 * dim).to(dtype)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("weights_grad", [False, True])
+def test_recomputed_geglu_keeps_one_twelfth_and_gives_the_stock_values_and_gradients(weights_grad):
+    stock = _geglu()
+    stock.requires_grad_(weights_grad)
+    ours = RecomputedGEGLU(stock.proj)  # shares the weights
+    twin = _geglu().double()
+    twin.requires_grad_(weights_grad)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 50, 24, generator=g)
+    upstream = torch.randn(3, 50, 96, generator=g)
+
+    def run(module, xx):  # noqa: ANN001, ANN202
+        xx = xx.clone().requires_grad_(True)
+        params = tuple(p for p in module.parameters() if p.requires_grad)
+        out, kept = saved_bytes(lambda: module(xx), exclude=(xx, *module.parameters()))
+        grads = torch.autograd.grad(out, (xx, *params), upstream.to(out.dtype))
+        return out.detach(), grads, kept
+
+    out_s, grads_s, kept_s = run(stock, x)
+    out_o, grads_o, kept_o = run(ours, x)
+    out_64, grads_64, _ = run(twin, x.double())
+    # stock: h = x W^T + b (192 wide) and GELU(g) (96 wide) per token, 12 times x; ours: nothing beyond x and
+    # the weights
+    assert kept_s == 3 * 50 * (192 + 96) * 4, kept_s
+    assert kept_o == 0, kept_o
+    assert torch.equal(out_o, out_s)  # the same operations in the same order
+    assert len(grads_o) == len(grads_s) == (3 if weights_grad else 1)
+    for name, a, b, b64 in zip(("x", "weight", "bias"), grads_o, grads_s, grads_64):
+        assert_within_rounding(a, b, b, b64, k=4, what=f"gradient of {name}")
+
+
+def test_recomputed_geglu_is_the_stock_module_without_gradients_and_under_autocast():
+    stock = _geglu()
+    ours = RecomputedGEGLU(stock.proj)
+    x = torch.randn(2, 10, 24)
+    with torch.no_grad():
+        assert torch.equal(ours(x), stock(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xx = x.clone().requires_grad_(True)
+        out, kept = saved_bytes(lambda: ours(xx), exclude=(xx, *stock.parameters()))
+        assert out.dtype == torch.bfloat16 and kept > 0  # the stock path (autocast keeps its casts)
+        assert torch.equal(out, stock(x))
+
+
+def test_set_recompute_feedforward_swaps_every_geglu_and_back_keeping_the_state_dict(tiny_models):
+    unet = tiny_models.unet
+    from diffusers.models.activations import GEGLU
+
+    acts = lambda: [m.net[0] for m in unet.modules() if type(m).__name__ == "FeedForward"]  # noqa: E731
+    assert all(type(a) is RecomputedGEGLU for a in acts())  # the loader's default (model.recompute_feedforward)
+    before = {k: v.data_ptr() for k, v in unet.state_dict().items()}
+    n = len(acts())
+    try:
+        assert set_recompute_feedforward(unet, False) == n > 0
+        assert all(type(a) is GEGLU for a in acts())
+        assert {k: v.data_ptr() for k, v in unet.state_dict().items()} == before
+        assert set_recompute_feedforward(unet, False) == 0
+    finally:
+        assert set_recompute_feedforward(unet, True) == n
+    assert {k: v.data_ptr() for k, v in unet.state_dict().items()} == before
+
+
+def _null_text_backward(models, z, phi0):  # noqa: ANN001, ANN202
+    phi = phi0.to(models.dtype).clone().requires_grad_(True)
+    eps, kept = saved_bytes(lambda: models.eps(z, 601, phi), exclude=(z, phi, *models.unet.parameters()))
+    eps.square().mean().backward()
+    return eps.detach(), phi.grad, kept
+
+
+@pytest.mark.numerics
+def test_null_text_backward_on_the_unet_keeps_less_and_gives_the_same_gradient(tiny_models):
+    m = tiny_models
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 4, 16, 8, 8, generator=g)
+    phi0 = m.encode_prompt([""]).expand(16, -1, -1)
+    eps_r, grad_r, kept_r = _null_text_backward(m, z, phi0)
+    set_recompute_feedforward(m.unet, False)
+    try:
+        eps_s, grad_s, kept_s = _null_text_backward(m, z, phi0)
+    finally:
+        set_recompute_feedforward(m.unet, True)
+    m64 = float64_twin(m)
+    set_recompute_feedforward(m64.unet, False)
+    _, grad_64, _ = _null_text_backward(m64, z.double(), phi0.double())
+    # per feed-forward, 12 widths of x kept by the stock GEGLU against 1 (its input); the rest of what the tiny
+    # UNet's backward keeps is unchanged: measured 0.66 of the stock bytes (shapes only, so on any CPU)
+    assert kept_r < 0.75 * kept_s, (kept_r, kept_s)
+    assert torch.equal(eps_r, eps_s)
+    assert_within_rounding(grad_r, grad_s, grad_s, grad_64, k=4, what="null-text gradient")
+
+
+@pytest.mark.numerics
+def test_stdg_forward_without_autograd_after_the_last_guided_layer_keeps_less_same_g_and_eps(tiny_cfg):
+    cfg = apply_overrides(tiny_cfg, {"stdg.coefficients": [0.5, 0.5, 0.5, 0.5]})
+    m = load_models(cfg.model)
+    vd = VideoDirector(m, cfg)
+    _, masks = toy_inputs()
+    g = torch.Generator().manual_seed(2)
+    z, z_ref = torch.randn(2, 1, 4, 16, 8, 8, generator=g)
+    cond = m.encode_prompt(["a red circle moving right"]).expand(16, -1, -1)
+    tok = masks_by_tokens(masks, (8, 8))
+
+    def guidance(models, full_graph: bool):  # noqa: ANN001, ANN202
+        setup = VideoDirector(models, cfg)._stdg_setup()
+        recorder = FeatureRecorder(setup.temporal, setup.appearance)
+        procs = {l.name: RecordingProcessor(l, recorder) for l in [*setup.temporal, *setup.appearance]}
+        dt = models.dtype
+        with installed(models.unet, procs):
+            (gg, eps), kept = saved_bytes(
+                lambda: stdg_guidance(models.eps, recorder, z.to(dt), z_ref.to(dt), 601, cond.to(dt), tok, setup,
+                                      full_graph=full_graph), exclude=tuple(models.unet.parameters()))
+        assert torch.is_grad_enabled()  # capture() gave the grad mode back
+        return gg, eps, kept
+
+    g_cut, eps_cut, kept_cut = guidance(m, False)
+    g_full, eps_full, kept_full = guidance(m, True)
+    g_64, eps_64, _ = guidance(float64_twin(m), True)
+    assert vd._stdg_setup().temporal[-1].block == "up_blocks.2"  # the default weights guide up_blocks.1 and 2 only
+    # what the graph holds until the backward, as autograd packs it: without the tail (all of up_blocks.3, at
+    # the highest resolution) measured 0.675 of the full forward's (shapes only, so on any CPU)
+    assert kept_cut < 0.75 * kept_full, (kept_cut, kept_full)
+    assert g_full.abs().max() > 0
+    assert_within_rounding(g_cut, g_full, g_full, g_64, k=4, what="G")
+    assert_within_rounding(eps_cut, eps_full, eps_full, eps_64, k=4, what="eps_c")
