@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.compile import eager
+from ..models.compile import attention_blocks_eager
 from .processors import AttentionLayer, Branches, Clock, ControlProcessor, StopForward, call_order_key, merge_heads
 
 
@@ -58,8 +58,8 @@ class FeatureRecorder:
         self.store = {}
         self.active, self.stop_early, self.tail_without_grad = True, stop_early, tail_without_grad
         grad_mode = torch.is_grad_enabled()
-        try:  # eagerly: compiled blocks (model.compile) can neither store from inside nor stop early
-            with eager():
+        try:  # compiled blocks (model.compile) can neither store from inside nor stop early: those with attention eager
+            with attention_blocks_eager():
                 yield self.store
         except StopForward:
             pass

@@ -27,6 +27,31 @@ class NullTextStep:
     loss: float
 
 
+class LossReader:
+    """Reads a scalar loss on the host without draining the GPU's queue.
+
+    ``loss.item()`` right after the update waits for the whole iteration, so the GPU idles while the host
+    launches the next one. :meth:`send` queues the copy to pinned host memory as soon as the loss is
+    computed; :meth:`read`, called after the backward and the update are queued, waits for the copy only,
+    so the backward is still running when the next iteration's launches start. The value, and so the early
+    stop, are the same. On the CPU the copy is immediate."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.host = torch.empty((), dtype=torch.float32, pin_memory=self.cuda)
+        self.done = torch.cuda.Event() if self.cuda else None
+
+    def send(self, loss: Tensor) -> None:
+        self.host.copy_(loss.detach().float(), non_blocking=self.cuda)
+        if self.done is not None:
+            self.done.record()
+
+    def read(self) -> float:
+        if self.done is not None:
+            self.done.synchronize()
+        return float(self.host)
+
+
 def expand_null(phi: Tensor, num_frames: int) -> Tensor:
     """``(1, 77, D)`` shared or ``(F, 77, D)`` multi-frame null-text -> per-frame ``(F, 77, D)`` in (b f) order."""
     return phi.expand(num_frames, -1, -1) if phi.shape[0] == 1 else phi
@@ -60,16 +85,18 @@ def null_text_step(
     phi = phi_init.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([phi], lr=lr)
     iters, last = 0, float("nan")
+    reader = LossReader(z_t.device)
     for _ in range(inner_steps):
         with record_function("null_text.iteration"):  # labels for benchmarks/pivotal_profile.py
             eps_u = eps_fn(z_t, expand_null(phi, num_frames))
             z_prev = ddim_step(cfg_combine(eps_cond, eps_u, cfg_scale), z_t, alpha_t, alpha_prev, guidance, guidance_scale)
             loss = F.mse_loss(z_prev, z_target)
+            reader.send(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             iters += 1
-            last = loss.item()
+            last = reader.read()  # the loss before this update, read after the update is queued
             if after_iteration is not None:
                 after_iteration()
         if last < stop_below:

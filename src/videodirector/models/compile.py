@@ -10,8 +10,9 @@ one by one, as diffusers' ``compile_repeated_blocks`` does for transformer block
 * ``ResnetBlock2D``: GroupNorm, SiLU, convolutions, the time-embedding add and the skip;
 * ``FeedForward``: the GEGLU MLP of every spatial and temporal transformer block;
 * ``AnimateDiffTransformer3D``: a motion module with the reshapes around its temporal attention.
-  Its attention is never controlled in stage 2; STDG's recording forwards, which read temporal
-  attention maps, run eagerly (``eager``).
+  Its attention is never controlled in stage 2; in STDG's recording forwards, which read temporal
+  attention maps, the motion modules run eagerly and the other blocks compiled
+  (:func:`attention_blocks_eager`).
 
 Shapes are static (``dynamic=False``): each block configuration compiles once per batch layout
 and grad mode, and the recompile limit is raised so that none falls back to eager.
@@ -19,6 +20,7 @@ and grad mode, and the recompile limit is raised so that none falls back to eage
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,6 +29,9 @@ import torch
 from ..errors import UserError
 
 COMPILED_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
+BLOCKS_WITH_ATTENTION = ("AnimateDiffTransformer3D",)
+"""Compiled blocks that hold an attention layer, whose processor may record from inside."""
+_compiled_with_attention: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 RECOMPILE_LIMIT = 256
 """Compiled variants allowed per block class: SD 1.5 has 15 resnet configurations, times batch layouts
 (1, 3 or 4 branches) and grad modes; PyTorch's default of 8 would send most of them back to eager."""
@@ -51,8 +56,26 @@ def compile_blocks(unet: torch.nn.Module, blocks: tuple[str, ...] = COMPILED_BLO
     for module in unet.modules():
         if type(module).__name__ in blocks:
             module.compile(**compile_kwargs)
+            if type(module).__name__ in BLOCKS_WITH_ATTENTION:
+                _compiled_with_attention.add(module)
             count += 1
     return count
+
+
+@contextmanager
+def attention_blocks_eager() -> Iterator[None]:
+    """Run the compiled blocks that hold attention (the motion modules) eagerly and leave the others
+    compiled: for forwards whose attention processors store features from inside or end the forward
+    early, which compiled code cannot do. ``nn.Module.compile`` keeps the compiled call in
+    ``_compiled_call_impl``; without it the module runs its eager ``_call_impl``."""
+    held = [(m, m._compiled_call_impl) for m in list(_compiled_with_attention)]
+    for m, _ in held:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, compiled in held:
+            m._compiled_call_impl = compiled
 
 
 @contextmanager
