@@ -7,8 +7,10 @@ This script takes the pivotal step apart, on the same random-weight SD 1.5 + Ani
 - **inversion**: a real 3-step ``VideoDirector.invert`` (1 null-text iteration a step), with the peak of each
   stage (the peak counter reset between stages); it also gives the latents the parts below work on;
 - **(a) one null-text iteration** (forward + backward to the embedding, with the STDG recording processors
-  installed as in the loop), without and with gradient checkpointing (``enable_gradient_checkpointing``);
-- **(b) one STDG gradient** (reference forward, recorded forward, loss, backward to the latent);
+  installed as in the loop), without and with gradient checkpointing (``enable_gradient_checkpointing``), and
+  with diffusers' own GEGLU instead of ``model.recompute_feedforward``'s;
+- **(b) one STDG gradient** (reference forward, recorded forward, loss, backward to the latent), and the same
+  with autograd over the whole recorded forward and diffusers' GEGLU (how it was before both savings);
 - **(c) the VAE**: encoding the 16 frames at once (as ``ModelBundle.encode_video`` does), decoding them at once,
   and in chunks of ``--chunk`` (4, as ``ModelBundle.decode_latents`` does);
 - **(d) the stored state**: the DDIM-inversion latents, per-step null embeddings and STDG guidance kept for
@@ -53,6 +55,7 @@ from videodirector.diffusion.ddim import step_size  # noqa: E402
 from videodirector.diffusion.nulltext import null_text_step  # noqa: E402
 from videodirector.guidance.stdg import stdg_guidance  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector, masks_by_tokens  # noqa: E402
+from videodirector.models.feedforward import set_recompute_feedforward  # noqa: E402
 
 TOP = 15
 
@@ -259,8 +262,8 @@ def main() -> None:  # noqa: PLR0915
         eps_c = m.eps(z, t, cond_f)
     g = torch.zeros_like(z)
 
-    def stdg() -> None:
-        stdg_guidance(m.eps, rec, z, z_ref, t, cond_f, tok_masks, setup, s.threshold)
+    def stdg(full_graph: bool = False) -> None:
+        stdg_guidance(m.eps, rec, z, z_ref, t, cond_f, tok_masks, setup, s.threshold, full_graph=full_graph)
 
     def null_iteration() -> None:  # one iteration (inner_steps=1, never stopping early) and the step's final forward
         null_text_step(lambda zz, e: m.eps(zz, t, e), eps_c, z, target, phi, a_t, a_p, g, s.guidance_scale,
@@ -276,6 +279,12 @@ def main() -> None:  # noqa: PLR0915
             m.unet.disable_gradient_checkpointing()
             m.unet.eval()
         data["stdg_gradient"] = measure(stdg, meter)
+        set_recompute_feedforward(m.unet, False)  # as before model.recompute_feedforward and the STDG tail cut
+        try:
+            data["null_text_iteration"]["without_feedforward_recompute"] = measure(null_iteration, meter)
+            data["stdg_gradient_full_graph_without_feedforward_recompute"] = measure(lambda: stdg(True), meter)
+        finally:
+            set_recompute_feedforward(m.unet, True)
         if meter.cuda and not args.no_history:
             data["history"] = history(lambda: (stdg(), null_iteration()), args.history_entries)
         else:
@@ -297,6 +306,8 @@ def main() -> None:  # noqa: PLR0915
 
     rows += [(f"(a) null-text iteration, {k.replace('_', ' ')}", cell(v)) for k, v in data["null_text_iteration"].items()]
     rows.append(("(b) one STDG gradient", cell(data["stdg_gradient"])))
+    rows.append(("(b) one STDG gradient, whole forward with autograd, stock GEGLU",
+                 cell(data["stdg_gradient_full_graph_without_feedforward_recompute"])))
     rows += [(f"(c) VAE {k.replace('_', ' ')}", cell(v)) for k, v in data["vae"].items()]
     rows += [(f"(d) stored {k} {v[f'shape_at_{args.steps}_steps']} (GB)", fmt(v[f"gb_at_{args.steps}_steps"]))
              for k, v in state.items()]
