@@ -1,17 +1,17 @@
-"""A GEGLU feed-forward activation that keeps one eighth of the memory for its backward
+"""A GEGLU feed-forward activation that keeps one twelfth of the memory for its backward
 (``model.recompute_feedforward``).
 
 diffusers' ``GEGLU`` (``FeedForward.net[0]`` of every spatial and motion-module transformer block)
 computes ``h = x Wᵀ + b``, splits ``h`` into ``a, g`` and returns ``a · GELU(g)``. For the backward,
 autograd keeps ``h`` (eight times the width of ``x``) and ``GELU(g)`` (four times). In VideoDirector's
-stage 1 (the null-text backward and the STDG gradient, UNet weights frozen) these were 8.4 GB of the
-23.3 GB peak at 16 × 512² (``benchmarks/results/memory_profile_h200.md``).
+stage 1 (the null-text backward and the STDG gradient) these were 8.4 GB of the 23.3 GB peak at
+16 × 512² (``benchmarks/results/memory_profile_h200.md``).
 
-:class:`RecomputedGEGLU` keeps only ``x`` and recomputes ``h`` in the backward: one more ``x Wᵀ`` per
-feed-forward. The forward is the stock one, operation for operation; the backward runs the same
-operations as autograd's (``GELU``'s own backward kernel included), so gradients agree to rounding.
-Without gradients, under autocast (the saved ``x`` would be the uncast one) or when ``proj`` is not a
-plain ``nn.Linear`` (a LoRA wrapper, say), it is the stock module.
+:class:`RecomputedGEGLU` runs the same operations inside ``torch.utils.checkpoint`` (non-reentrant), which
+keeps ``x`` and recomputes ``h`` in the backward: one more ``x Wᵀ`` per feed-forward. ``torch.compile``
+honours the checkpoint (its partitioner recomputes the region); a hand-written ``autograd.Function`` is
+re-partitioned by AOTAutograd, which kept ``h`` (measured: the compiled peak did not move). Forwards
+without gradients run the stock operations directly.
 """
 
 from __future__ import annotations
@@ -19,27 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-class _RecomputedGEGLU(torch.autograd.Function):
-    """``a · GELU(g)`` with ``[a, g] = x Wᵀ + b``, saving ``x`` only."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, weight, bias)
-        a, g = F.linear(x, weight, bias).chunk(2, dim=-1)
-        return a * F.gelu(g)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # noqa: ANN001
-        x, weight, bias = ctx.saved_tensors
-        a, g = F.linear(x, weight, bias).chunk(2, dim=-1)
-        grad_h = torch.cat([grad * F.gelu(g), torch.ops.aten.gelu_backward(grad * a, g)], dim=-1)
-        grad_x = grad_h @ weight if ctx.needs_input_grad[0] else None
-        rows_h, rows_x = grad_h.reshape(-1, grad_h.shape[-1]), x.reshape(-1, x.shape[-1])
-        grad_w = rows_h.t() @ rows_x if ctx.needs_input_grad[1] else None
-        grad_b = rows_h.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+from torch.utils.checkpoint import checkpoint
 
 
 def _geglu_class() -> type[nn.Module]:
@@ -49,19 +29,21 @@ def _geglu_class() -> type[nn.Module]:
 
 
 class RecomputedGEGLU(nn.Module):
-    """diffusers' ``GEGLU`` with the memory-light backward of :class:`_RecomputedGEGLU`; shares ``proj``."""
+    """diffusers' ``GEGLU`` with its activations recomputed in the backward; shares ``proj``."""
 
-    def __init__(self, proj: nn.Linear) -> None:
+    def __init__(self, proj: nn.Module) -> None:
         super().__init__()
         self.proj = proj
 
-    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
-        proj = self.proj
-        if (torch.is_grad_enabled() and type(proj) is nn.Linear
-                and not torch.is_autocast_enabled(hidden_states.device.type)):
-            return _RecomputedGEGLU.apply(hidden_states, proj.weight, proj.bias)
-        a, g = proj(hidden_states).chunk(2, dim=-1)
+    def geglu(self, hidden_states: Tensor) -> Tensor:
+        """``a · GELU(g)`` with ``[a, g] = proj(x)``: diffusers' ``GEGLU.forward``, operation for operation."""
+        a, g = self.proj(hidden_states).chunk(2, dim=-1)
         return a * F.gelu(g)
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
+        if not torch.is_grad_enabled():
+            return self.geglu(hidden_states)
+        return checkpoint(self.geglu, hidden_states, use_reentrant=False, preserve_rng_state=False)
 
 
 def set_recompute_feedforward(unet: nn.Module, on: bool) -> int:
