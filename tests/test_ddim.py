@@ -69,12 +69,3 @@ def test_inversion_round_trip_on_tiny_model(tiny_models):
     assert (shifted - z0).abs().max() > 1e-3  # off-by-one timesteps do not round-trip
     assert (lat[-1] - z0[0]).abs().mean() > 0.3  # it really went to noise and back
 
-
-def test_loss_reader_gives_the_value_sent_not_what_the_tensor_became():
-    from videodirector.diffusion.nulltext import LossReader
-
-    reader = LossReader(torch.device("cpu"))
-    loss = torch.tensor(0.25, dtype=torch.bfloat16)
-    reader.send(loss)
-    loss.mul_(4)  # later work on the same tensor, as the backward and the update are queued before the read
-    assert reader.read() == 0.25

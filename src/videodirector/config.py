@@ -136,6 +136,10 @@ class InversionConfig:
     reference_cost: bool = False
     """Benchmark only: keep the official cost structure (four separate STDG gradients each with its own
     reference forward, unfrozen UNet parameters, cache clearing every inner iteration). Same results."""
+    cuda_graph: bool = False
+    """CUDA only: capture one null-text iteration as a CUDA graph and replay it for every iteration
+    (``diffusion.nulltext_graph``). Faster; its activations stay reserved beside the STDG gradient's, so the
+    peak is higher. Same results up to rounding; falls back to eager iterations if the capture fails."""
     fast: Literal["none", "negative_prompt", "direct"] = "none"
     """Beyond the paper: ``negative_prompt`` (NPI: null = source embedding, no optimisation) or
     ``direct`` (PnP-Inversion style: store the per-step latent offset instead of optimising)."""

@@ -36,7 +36,9 @@ from ..diffusion.ddim import (
     cfg_combine, ddim_invert, ddim_step, leading_timesteps, linspace_timesteps, step_size,
 )
 from ..diffusion.nulltext import expand_null, null_text_step
+from ..diffusion.nulltext_graph import NullTextGraph
 from ..errors import InputError
+from ..notices import warn
 from ..guidance.stdg import STDGSetup, clamp_guidance, resize_mask, stdg_guidance
 from ..io.masks import latent_keep_region
 from ..models.loading import ModelBundle
@@ -188,6 +190,8 @@ class VideoDirector:
         T = len(timesteps)
         nulls, guides, iters = [], [], []
         z = latents[T][None]
+        graph: NullTextGraph | None = None
+        use_graph = inv.cuda_graph and m.device.type == "cuda" and not inv.reference_cost and inv.null_text != "none"
         with installed(m.unet, processors):
             for i, t in enumerate(timesteps):
                 z_ref, target = latents[T - i][None], latents[T - i - 1][None]
@@ -207,11 +211,18 @@ class VideoDirector:
                         z = ddim_step(cfg_combine(eps_c, eps_u, inv.guidance_scale), z, a_t, a_p, g, s.guidance_scale)
                 else:
                     lr = inv.null_lr * (1 - inv.null_lr_decay * i / T)
-                    step = null_text_step(
-                        lambda zz, e, t=t: m.eps(zz, t, e), eps_c, z, target, phi, a_t, a_p, g, s.guidance_scale,
-                        inv.guidance_scale, lr, inv.null_inner_steps, inv.early_stop_epsilon + inv.early_stop_slope * i,
-                        _clear_caches if inv.reference_cost else None,
-                    )
+                    stop_below = inv.early_stop_epsilon + inv.early_stop_slope * i
+                    if use_graph and graph is None:  # inversion.cuda_graph: captured once, replayed every iteration
+                        graph = _null_text_graph(m, z, phi, s.guidance_scale, inv.guidance_scale)
+                        use_graph = graph is not None
+                    if graph is not None:
+                        step = graph.step(eps_c, z, target, phi, t, a_t, a_p, g, lr, inv.null_inner_steps, stop_below)
+                    else:
+                        step = null_text_step(
+                            lambda zz, e, t=t: m.eps(zz, t, e), eps_c, z, target, phi, a_t, a_p, g, s.guidance_scale,
+                            inv.guidance_scale, lr, inv.null_inner_steps, stop_below,
+                            _clear_caches if inv.reference_cost else None,
+                        )
                     phi, z = step.phi, step.z_next
                     nulls.append(phi)
                     iters.append(step.iterations)
@@ -350,6 +361,17 @@ class VideoDirector:
         """Decode the end of the stage-1 trajectory: what inversion alone gives back, ``(F, 3, H, W)``."""
         z = inversion.reconstruction if inversion.reconstruction is not None else inversion.latents[0][None]
         return self.models.decode_latents(z.to(self.models.device))
+
+
+def _null_text_graph(m: ModelBundle, z: Tensor, phi: Tensor, guidance_scale: float,
+                     cfg_scale: float) -> NullTextGraph | None:
+    """``inversion.cuda_graph``: the captured null-text iteration, or None (with a notice) if capture fails."""
+    try:
+        return NullTextGraph(lambda zz, t, e: m.eps(zz, t, e), z, phi, guidance_scale, cfg_scale)
+    except RuntimeError as err:  # e.g. a kernel that cannot be captured on this GPU or PyTorch
+        warn(f"inversion.cuda_graph: capturing the null-text iteration failed ({str(err).splitlines()[0][:160]}); "
+               "running its iterations eagerly")
+        return None
 
 
 def _clear_caches() -> None:

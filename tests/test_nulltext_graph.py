@@ -1,0 +1,61 @@
+"""``inversion.cuda_graph``: the null-text iteration on static tensors (``diffusion.nulltext_graph``) against
+:func:`null_text_step`. The CUDA capture itself needs a GPU (``benchmarks/speed.py --cuda-graph`` compares the
+graphed edit with the eager one there); here the same static-tensor iteration runs eagerly, which checks what
+the capture replays: the per-step loading of the inputs, the fresh Adam state and the early stop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_within_rounding, float64_twin
+from videodirector.diffusion.nulltext import LossReader, null_text_step
+from videodirector.diffusion.nulltext_graph import NullTextGraph
+
+
+def _step_inputs(models, seed: int, t: int):  # noqa: ANN001, ANN202
+    g = torch.Generator().manual_seed(seed)
+    z_t, target, guidance = torch.randn(3, 1, 4, 16, 8, 8, generator=g)
+    cond, neg = models.encode_prompt(["a red circle moving right", ""]).chunk(2)
+    with torch.no_grad():
+        eps_c = models.eps(z_t, t, cond.expand(16, -1, -1))
+    s = models.schedule
+    return dict(eps_cond=eps_c, z_t=z_t, z_target=0.98 * z_t + 0.02 * target, phi_init=neg.expand(16, -1, -1).clone(),
+                t=t, alpha_t=s.alpha(t), alpha_prev=s.alpha(t - 20), guidance=0.01 * guidance)
+
+
+def _plain(models, inp, lr: float, inner: int, stop_below: float):  # noqa: ANN001, ANN202
+    t = inp["t"]
+    return null_text_step(lambda zz, e: models.eps(zz, t, e), inp["eps_cond"], inp["z_t"], inp["z_target"],
+                          inp["phi_init"], inp["alpha_t"], inp["alpha_prev"], inp["guidance"], 1.0, 7.5, lr, inner,
+                          stop_below)
+
+
+@pytest.mark.numerics
+def test_static_iteration_gives_null_text_step_and_starts_each_step_fresh(tiny_models):
+    m = tiny_models
+    m64 = float64_twin(m)
+    first, second = _step_inputs(m, 1, 801), _step_inputs(m, 2, 601)
+    graph = NullTextGraph(lambda zz, t, e: m.eps(zz, t, e), first["z_t"], first["phi_init"], 1.0, 7.5, capture=False)
+    assert graph.graph is None  # no capture on the CPU
+    graph.step(**first, lr=0.02, inner_steps=3, stop_below=-1.0)  # leaves Adam's state and phi behind
+    got = graph.step(**second, lr=0.01, inner_steps=3, stop_below=-1.0)
+    want = _plain(m, second, 0.01, 3, -1.0)
+    want64 = _plain(m64, {k: v.double() if torch.is_tensor(v) else v for k, v in second.items()}, 0.01, 3, -1.0)
+    assert got.iterations == want.iterations == 3
+    assert abs(got.loss - want.loss) <= 1e-5 * abs(want.loss)
+    # alphas as float32 tensors instead of Python floats, and Adam with a tensor learning rate: rounding only.
+    # Measured gap / yardstick: phi 0.27, z_next 2.3 (Adam's normalised steps carry rounding into phi)
+    assert_within_rounding(got.phi, want.phi, want.phi, want64.phi, k=8, what="phi")
+    assert_within_rounding(got.z_next, want.z_next, want.z_next, want64.z_next, k=8, what="z_next")
+    # the early stop: a threshold above any loss ends each step after its first iteration, as null_text_step
+    stopped = graph.step(**second, lr=0.01, inner_steps=3, stop_below=1e9)
+    assert stopped.iterations == _plain(m, second, 0.01, 3, 1e9).iterations == 1
+
+
+def test_loss_reader_gives_the_value_sent_not_what_the_tensor_became():
+    reader = LossReader(torch.device("cpu"))
+    loss = torch.tensor(0.25, dtype=torch.bfloat16)
+    reader.send(loss)
+    loss.mul_(4)  # later work on the same tensor, as the backward and the update are queued before the read
+    assert reader.read() == 0.25
