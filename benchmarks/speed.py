@@ -8,7 +8,8 @@ are given (``--tiny``: the small SD 1.5-layout test widths instead, for CPU chec
 2. **main**: the complete pipeline on a 16 x 512 x 512 clip with 50 steps: VAE encode, DDIM inversion,
    null-text optimisation with STDG fixed at 10 inner iterations per step (the worst case: random weights
    make early stopping meaningless), editing with SA-I/SA-II and cross-attention control, decode.
-   ``end_to_end_s``, ``edit_only_s`` (editing from a cached inversion, decode included), ``peak_gb``, and
+   ``end_to_end_s``, ``edit_only_s`` (editing from a cached inversion, decode included), ``peak_gb``,
+   ``reserved_gb`` (what the caching allocator holds at the end), and
    ``stage_peak_gb``: the peak of each stage, the peak counter reset between stages (encode, DDIM inversion,
    one STDG gradient, one null-text iteration, the whole pivotal stage, the edit loop, the decode);
 3. **peer**: diffusers' ``AnimateDiffVideoToVideoPipeline`` on the same model objects (the same
@@ -30,6 +31,10 @@ are given (``--tiny``: the small SD 1.5-layout test widths instead, for CPU chec
    iteration (``null_text_iteration_s``), from which ``estimated_at_mean_inner_s`` scales the worst case to the
    mean number of iterations that early stopping gives on the ShapeWorld suite (from the bench results);
 7. with ``--eager-too`` (and ``--compile``): the main run again with the compiled blocks bypassed: ``eager_*``.
+
+With ``--cuda-graph-too`` (CUDA), right after the main run: the same edit with ``inversion.cuda_graph``
+(``graph_end_to_end_s``, ``graph_peak_gb``, ``graph_reserved_gb``, and the largest and mean difference of its
+final latents from the main run's). ``--no-recompute-feedforward`` turns ``model.recompute_feedforward`` off.
 
 Parts 3-7 run in that order, each only when its predicted time ends before ``--budget-s`` (default 580 s from
 the start of the process), so that one command fits in a 10-minute slot; a part left out is listed under

@@ -59,3 +59,23 @@ def test_loss_reader_gives_the_value_sent_not_what_the_tensor_became():
     reader.send(loss)
     loss.mul_(4)  # later work on the same tensor, as the backward and the update are queued before the read
     assert reader.read() == 0.25
+
+
+def test_a_failed_capture_falls_back_to_eager_iterations_with_one_warning(tiny_models, monkeypatch):
+    import videodirector.methods.videodirector as vd_module
+    from videodirector import notices
+
+    def no_capture(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    said: list[str] = []
+    monkeypatch.setattr(vd_module, "NullTextGraph", no_capture)
+    notices.reset()
+    notices.set_sink(said.append)
+    try:
+        z = torch.zeros(1, 4, 16, 8, 8)
+        assert vd_module._null_text_graph(tiny_models, z, torch.zeros(16, 77, 32), 1.0, 7.5) is None
+    finally:
+        notices.set_sink(None)
+    assert len(said) == 1 and "operation not permitted when stream is capturing" in said[0]
+    assert "more detail" not in said[0] and "eagerly" in said[0]
