@@ -39,7 +39,7 @@ class NullTextGraph:
         dev = like_z.device
         self.eps_fn, self.guidance_scale, self.cfg_scale = eps_fn, guidance_scale, cfg_scale
         self.z, self.eps_cond, self.target, self.guidance = (torch.zeros_like(like_z) for _ in range(4))
-        scalar = {"device": dev, "dtype": torch.float32}
+        scalar = {"device": dev, "dtype": torch.promote_types(like_z.dtype, torch.float32)}  # float64 stays float64
         self.alpha_t, self.alpha_prev = torch.ones((), **scalar), torch.ones((), **scalar)
         self.t = torch.zeros((), device=dev, dtype=torch.long)
         self.phi = like_phi.detach().clone().requires_grad_(True)
