@@ -100,21 +100,22 @@ def test_recomputed_geglu_without_gradients_and_under_autocast_gives_the_stock_v
     assert torch.equal(grad, want)
 
 
-def test_set_recompute_feedforward_swaps_every_geglu_and_back_keeping_the_state_dict(tiny_models):
-    unet = tiny_models.unet
+def test_set_recompute_feedforward_swaps_every_geglu_and_back_keeping_the_state_dict(tiny_cfg):
     from diffusers.models.activations import GEGLU
 
-    acts = lambda: [m.net[0] for m in unet.modules() if type(m).__name__ == "FeedForward"]  # noqa: E731
-    assert all(type(a) is RecomputedGEGLU for a in acts())  # the loader's default (model.recompute_feedforward)
+    def acts(unet):  # noqa: ANN001, ANN202
+        return [m.net[0] for m in unet.modules() if type(m).__name__ == "FeedForward"]
+
+    assert all(type(a) is GEGLU for a in acts(load_models(tiny_cfg.model).unet))  # auto: off on the CPU
+    unet = load_models(apply_overrides(tiny_cfg, {"model.recompute_feedforward": True}).model).unet
+    assert all(type(a) is RecomputedGEGLU for a in acts(unet))
     before = {k: v.data_ptr() for k, v in unet.state_dict().items()}
-    n = len(acts())
-    try:
-        assert set_recompute_feedforward(unet, False) == n > 0
-        assert all(type(a) is GEGLU for a in acts())
-        assert {k: v.data_ptr() for k, v in unet.state_dict().items()} == before
-        assert set_recompute_feedforward(unet, False) == 0
-    finally:
-        assert set_recompute_feedforward(unet, True) == n
+    n = len(acts(unet))
+    assert set_recompute_feedforward(unet, False) == n > 0
+    assert all(type(a) is GEGLU for a in acts(unet))
+    assert {k: v.data_ptr() for k, v in unet.state_dict().items()} == before
+    assert set_recompute_feedforward(unet, False) == 0
+    assert set_recompute_feedforward(unet, True) == n
     assert {k: v.data_ptr() for k, v in unet.state_dict().items()} == before
 
 
@@ -131,14 +132,13 @@ def test_null_text_backward_on_the_unet_keeps_less_and_gives_the_same_gradient(t
     g = torch.Generator().manual_seed(3)
     z = torch.randn(1, 4, 16, 8, 8, generator=g)
     phi0 = m.encode_prompt([""]).expand(16, -1, -1)
-    eps_r, grad_r, kept_r = _null_text_backward(m, z, phi0)
-    set_recompute_feedforward(m.unet, False)
+    set_recompute_feedforward(m.unet, True)
     try:
-        eps_s, grad_s, kept_s = _null_text_backward(m, z, phi0)
+        eps_r, grad_r, kept_r = _null_text_backward(m, z, phi0)
     finally:
-        set_recompute_feedforward(m.unet, True)
+        set_recompute_feedforward(m.unet, False)  # the CPU's default (model.recompute_feedforward: auto)
+    eps_s, grad_s, kept_s = _null_text_backward(m, z, phi0)
     m64 = float64_twin(m)
-    set_recompute_feedforward(m64.unet, False)
     _, grad_64, _ = _null_text_backward(m64, z.double(), phi0.double())
     # per feed-forward, 12 widths of x kept by the stock GEGLU against 1 (its input); the rest of what the tiny
     # UNet's backward keeps is unchanged: measured 0.66 of the stock bytes (shapes only, so on any CPU). The
@@ -150,7 +150,7 @@ def test_null_text_backward_on_the_unet_keeps_less_and_gives_the_same_gradient(t
 
 @pytest.mark.numerics
 def test_stdg_forward_without_autograd_after_the_last_guided_layer_keeps_less_same_g_and_eps(tiny_cfg):
-    cfg = apply_overrides(tiny_cfg, {"stdg.coefficients": [0.5, 0.5, 0.5, 0.5]})
+    cfg = apply_overrides(tiny_cfg, {"stdg.coefficients": [0.5, 0.5, 0.5, 0.5], "model.recompute_feedforward": True})
     m = load_models(cfg.model)
     vd = VideoDirector(m, cfg)
     _, masks = toy_inputs()

@@ -349,7 +349,8 @@ def load_models(cfg: ModelConfig) -> ModelBundle:
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     from .motion_norm import install_motion_norm  # per-frame or joint motion-module GroupNorm (model.motion_norm)
     motion_norm = install_motion_norm(unet, cfg.motion_norm, adapter_id)
-    set_recompute_feedforward(unet, cfg.recompute_feedforward)  # GEGLU backward from its input (models.feedforward)
+    recompute = cfg.recompute_feedforward if isinstance(cfg.recompute_feedforward, bool) else device.type == "cuda"
+    set_recompute_feedforward(unet, recompute)  # GEGLU backward from its input (models.feedforward)
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False)
         m.eval()
