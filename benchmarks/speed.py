@@ -123,7 +123,7 @@ def _bundle(unet2d, adapter, vae, text, tok, device: torch.device, dtype: torch.
     from diffusers import UNetMotionModel
 
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-    set_recompute_feedforward(unet, True)  # the package's default, model.recompute_feedforward
+    set_recompute_feedforward(unet, True)  # as model.recompute_feedforward (auto) does on CUDA
     for mod in (unet, vae, text):
         mod.requires_grad_(False).eval().to(device=device, dtype=dtype)
     return ModelBundle(unet, vae, text, tok, NoiseSchedule.from_scheduler_config(ANIMATEDIFF_SCHEDULER), device, dtype,
