@@ -63,13 +63,16 @@ class NullTextGraph:
 
     def _iteration(self) -> Tensor:
         """Eq. 13's loss at the current ``φ``, its backward and Adam's update; returns the loss (before it)."""
-        eps_u = self.eps_fn(self.z, self.t, expand_null(self.phi, self.z.shape[2]))
-        z_prev = ddim_step(cfg_combine(self.eps_cond, eps_u, self.cfg_scale), self.z, self.alpha_t, self.alpha_prev,
-                           self.guidance, self.guidance_scale)
-        loss = F.mse_loss(z_prev, self.target)
+        loss = F.mse_loss(self._guided_step(self.phi), self.target)
         loss.backward()
         self.opt.step()
         return loss.detach()
+
+    def _guided_step(self, phi: Tensor) -> Tensor:
+        """The DDIM step with ``ε̂ = ε_c + w (ε_c - ε_u(φ))`` and ``G_t`` in the direction term (Eq. 13)."""
+        eps_u = self.eps_fn(self.z, self.t, expand_null(phi, self.z.shape[2]))
+        return ddim_step(cfg_combine(self.eps_cond, eps_u, self.cfg_scale), self.z, self.alpha_t, self.alpha_prev,
+                         self.guidance, self.guidance_scale)
 
     def _start(self, phi_init: Tensor, z_t: Tensor, eps_cond: Tensor, z_target: Tensor, guidance: Tensor | None,
                t: int, alpha_t: float, alpha_prev: float, lr: float) -> None:
@@ -107,7 +110,5 @@ class NullTextGraph:
                 break
         phi = self.phi.detach().clone()
         with torch.no_grad():
-            eps_u = self.eps_fn(self.z, self.t, expand_null(phi, self.z.shape[2]))
-            z_next = ddim_step(cfg_combine(self.eps_cond, eps_u, self.cfg_scale), self.z, self.alpha_t,
-                               self.alpha_prev, self.guidance, self.guidance_scale)
-        return NullTextStep(phi, z_next.clone(), iters, last)
+            z_next = self._guided_step(phi)
+        return NullTextStep(phi, z_next, iters, last)

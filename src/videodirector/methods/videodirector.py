@@ -191,7 +191,7 @@ class VideoDirector:
         nulls, guides, iters = [], [], []
         z = latents[T][None]
         graph: NullTextGraph | None = None
-        use_graph = inv.cuda_graph and m.device.type == "cuda" and not inv.reference_cost and inv.null_text != "none"
+        use_graph = inv.cuda_graph and m.device.type == "cuda" and not inv.reference_cost
         with installed(m.unet, processors):
             for i, t in enumerate(timesteps):
                 z_ref, target = latents[T - i][None], latents[T - i - 1][None]

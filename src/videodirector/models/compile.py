@@ -80,7 +80,8 @@ def attention_blocks_eager() -> Iterator[None]:
 
 @contextmanager
 def eager() -> Iterator[None]:
-    """Run the enclosed forwards without compiled code (for forwards that record features from inside).
+    """Run the enclosed forwards without any compiled code (benchmarks that time the eager path beside the
+    compiled one; recording forwards need only :func:`attention_blocks_eager`).
 
     ``torch.compiler.set_stance`` came with PyTorch 2.6; before it, ``compile_blocks`` refuses to run,
     so there is nothing compiled to step around."""
