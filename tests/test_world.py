@@ -426,6 +426,29 @@ def test_suite_v2_spreads_background_and_texture_edits_and_v1_is_unchanged():
                for r in recs)
 
 
+def test_holdout_suite_is_v2s_recipe_on_other_clips():
+    """``shapeworld-v2-holdout`` has v2's kinds and spread, every source drawn from a seed v2 does not use, and
+    every case is a valid edit (the ground truth counts, the source does not)."""
+    import collections
+
+    from videodirector.bench.runner import SUITE_SEEDS
+    from videodirector.world.evaluate import edit_accuracy
+
+    v2, held = shapeworld_suite("shapeworld-v2"), shapeworld_suite("shapeworld-v2-holdout")
+    assert collections.Counter(c.kind for c in held) == collections.Counter(c.kind for c in v2)
+    assert [c.id for c in held] == [c.id for c in v2]
+    assert len({c.source.motion for c in held}) == 10
+    assert {c.source.texture for c in held if c.kind == "background"} == {"striped", "checkered", "gradient"}
+    seeds = {name: set(range(SUITE_SEEDS[name], SUITE_SEEDS[name] + 36)) for name in ("shapeworld-v2", "shapeworld-v2-holdout")}
+    assert not seeds["shapeworld-v2"] & seeds["shapeworld-v2-holdout"]
+    assert all(a.source != b.source for a, b in zip(v2, held))
+    # other objects, not v2's with another seed's noise: most colours and shapes differ case by case
+    assert sum(a.source.colour != b.source.colour or a.source.shape != b.source.shape for a, b in zip(v2, held)) >= 24
+    for c in held:
+        assert edit_accuracy(render(c.target)[0][0], c.source, c.target) == 1.0, c.id
+        assert edit_accuracy(render(c.source)[0][0], c.source, c.target) == 0.0, c.id
+
+
 def test_texture_edit_counts_whatever_the_phase_of_the_new_pattern():
     """A correct texture edit may draw its stripes at any phase and period: it still counts, while the
     unedited source and a wrong texture do not, and the exact ground truth always does."""

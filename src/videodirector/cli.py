@@ -623,7 +623,8 @@ def metrics(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("shapeworld-v2", "--suite", help="Suite name: shapeworld-v2 or shapeworld-v1."),
+    suite: str = typer.Option("shapeworld-v2", "--suite", help="Suite name: shapeworld-v2, shapeworld-v2-holdout (its "
+                              "recipe on a second seed range) or shapeworld-v1."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods. \\[default: all]"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     cases: Optional[int] = typer.Option(None, "--cases", min=1, help="Use only the first N cases (CPU mode). "

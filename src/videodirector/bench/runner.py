@@ -56,7 +56,9 @@ class Case:
         return self.source.edited(**self.change)
 
 
-SUITES = ("shapeworld-v1", "shapeworld-v2")
+SUITES = ("shapeworld-v1", "shapeworld-v2", "shapeworld-v2-holdout")
+SUITE_SEEDS = {"shapeworld-v1": 5000, "shapeworld-v2": 5000, "shapeworld-v2-holdout": 6000}
+"""The first clip seed of each suite; case ``i`` draws its source clip from seed ``first + i``."""
 DEFAULT_SUITE = "shapeworld-v2"
 
 
@@ -69,7 +71,9 @@ def shapeworld_suite(name: str = DEFAULT_SUITE) -> list[Case]:
       a gradient background.
     * ``shapeworld-v2`` (default): the same colour and shape cases; background-colour edits over all 3
       source textures, and texture edits striped -> checkered, checkered -> gradient, gradient ->
-      striped, striped -> gradient."""
+      striped, striped -> gradient.
+    * ``shapeworld-v2-holdout``: ``shapeworld-v2``'s recipe on a second seed range (6000-6035), drawn to check
+      that figures tuned on the suite hold elsewhere: other colours, shapes, positions and backgrounds."""
     if name not in SUITES:
         raise UserError(f"unknown suite {name!r}; available: {', '.join(SUITES)}")
     motions, colours, bgs = list(MOTIONS), list(OBJECT_COLOURS), list(BACKGROUND_COLOURS)
@@ -82,7 +86,7 @@ def shapeworld_suite(name: str = DEFAULT_SUITE) -> list[Case]:
         k = (i - 24) // 3  # v2: 0..3 within the background group
         if name != "shapeworld-v1" and kind in ("background", "texture"):
             texture = TEXTURES[k % 3] if kind == "texture" else TEXTURES[(i + k) % 3]
-        src = sample_clip(5000 + i, motion=motions[i % len(motions)], texture=texture, distractor_prob=0.0)
+        src = sample_clip(SUITE_SEEDS[name] + i, motion=motions[i % len(motions)], texture=texture, distractor_prob=0.0)
         if kind == "colour":
             change = {"colour": colours[(colours.index(src.colour) + 1 + i % 5) % len(colours)]}
         elif kind == "shape":
