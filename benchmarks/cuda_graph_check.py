@@ -12,7 +12,10 @@ trajectories run off to latents in the thousands, where every dtype diverges):
 * a correct capture keeps ``graph_vs_eager`` within the order of ``eager_vs_f64`` (in float64 at rounding
   level); a stale static input or a leftover Adam state moves it by far more.
 
-Usage (on a CUDA machine; on the CPU nothing is captured and the graphed run is the eager static iteration)::
+Every dtype runs as a :func:`~videodirector.models.loading.precision_twin` of the float32 bundle, so all draw the
+same posterior sample and differ in arithmetic precision only.
+
+Usage (on a CUDA machine; on the CPU ``inversion.cuda_graph`` does nothing, so both runs are the same eager edit)::
 
     python benchmarks/cuda_graph_check.py [--steps 15 --inner 3] [--out DIR]
 
@@ -22,7 +25,6 @@ Writes ``cuda_graph_check_<gpu>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,7 @@ from _common import NEVER_STOP_EARLY, RESULTS, gpu_slug, machine, write  # noqa:
 from videodirector import notices  # noqa: E402
 from videodirector.config import apply_overrides  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
-from videodirector.models.loading import load_models  # noqa: E402
+from videodirector.models.loading import load_models, precision_twin  # noqa: E402
 from videodirector.world.demo import DEMO_EDITS, demo_config, demo_spec  # noqa: E402
 from videodirector.world.scene import render  # noqa: E402
 
@@ -61,10 +63,9 @@ def main() -> None:
     data: dict = {"machine": info, "clip": spec.caption(), "target": target, "steps": args.steps,
                   "null_inner_steps": args.inner, "models": "bundled ShapeWorld",
                   "captured": device.type == "cuda", "seconds": {}}
+    models32 = load_models(apply_overrides(cfg, {"model.dtype": "float32"}).model)
     for name, dtype in DTYPES.items():
-        models = load_models(apply_overrides(cfg, {"model.dtype": "float32" if name == "float64" else name}).model)
-        if dtype == torch.float64:
-            models = dataclasses.replace(models, unet=models.unet.double(), vae=models.vae.double(), dtype=dtype)
+        models = models32 if dtype == torch.float32 else precision_twin(models32, dtype)
         for graphed in (False, True):
             notices.reset()
             key = f"{name}_{'graph' if graphed else 'eager'}"

@@ -13,8 +13,6 @@ on the same inputs wherever a trajectory would only measure that amplification.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ import torch
 
 from videodirector.config import EditConfig, ModelConfig, apply_overrides
 from videodirector.models.factory import save_tiny_random
-from videodirector.models.loading import load_models
+from videodirector.models.loading import load_models, precision_twin
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EPS32 = torch.finfo(torch.float32).eps
@@ -36,15 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def float64_twin(models):  # noqa: ANN001, ANN201
-    """``models`` with the UNet and the VAE copied to float64 (the text encoder stays, its output is cast).
-
-    ``|x32 - x64|`` is then the float32 rounding of a computation ``x``, the yardstick of the numerics tests.
-    ``encode_video`` returns the float32 bundle's latents, so that both draw the same posterior sample
-    (``randn`` draws other numbers in float64) and differ in arithmetic precision only."""
-    twin = dataclasses.replace(models, unet=copy.deepcopy(models.unet).double(),
-                               vae=copy.deepcopy(models.vae).double(), dtype=torch.float64)
-    twin.encode_video = lambda frames, generator=None, sample=True: models.encode_video(frames, generator, sample).double()
-    return twin
+    """``models`` in float64 (:func:`~videodirector.models.loading.precision_twin`): ``|x32 - x64|`` is the float32
+    rounding of a computation ``x``, the yardstick of the numerics tests."""
+    return precision_twin(models, torch.float64)
 
 
 def _size(x: torch.Tensor, norm: bool) -> float:

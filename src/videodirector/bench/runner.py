@@ -56,9 +56,9 @@ class Case:
         return self.source.edited(**self.change)
 
 
-SUITES = ("shapeworld-v1", "shapeworld-v2", "shapeworld-v2-holdout")
 SUITE_SEEDS = {"shapeworld-v1": 5000, "shapeworld-v2": 5000, "shapeworld-v2-holdout": 6000}
-"""The first clip seed of each suite; case ``i`` draws its source clip from seed ``first + i``."""
+"""The suites, each with its first clip seed: case ``i`` draws its source clip from seed ``first + i``."""
+SUITES = tuple(SUITE_SEEDS)
 DEFAULT_SUITE = "shapeworld-v2"
 
 

@@ -15,6 +15,8 @@ bundled ShapeWorld models do. The noise schedule is AnimateDiff's (linear betas 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import os
 import re
@@ -151,6 +153,18 @@ class ModelBundle(_VAELatents):
 
 
 SDPA_FIRST = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+
+
+def precision_twin(models: ModelBundle, dtype: torch.dtype) -> ModelBundle:
+    """``models`` with the UNet and the VAE copied to ``dtype`` (the text encoder stays; its output is cast), and an
+    ``encode_video`` that returns ``models``' own posterior sample, cast: both bundles then draw the same sample
+    (``randn`` draws other numbers in another dtype) and differ in arithmetic precision only. ``|x_a - x_b|`` is
+    then the rounding of a computation ``x``: the yardstick of the numerics tests and of
+    ``benchmarks/cuda_graph_check.py``."""
+    twin = dataclasses.replace(models, unet=copy.deepcopy(models.unet).to(dtype),
+                               vae=copy.deepcopy(models.vae).to(dtype), dtype=dtype)
+    twin.encode_video = lambda frames, generator=None, sample=True: models.encode_video(frames, generator, sample).to(dtype)
+    return twin
 
 
 def sdpa_priority(first: str):  # noqa: ANN201
