@@ -113,6 +113,7 @@ class MemoryMeter:
         self.kind = ("cuda max_memory_allocated (tensors, caching allocator)" if self.cuda
                      else f"cpu: process resident set size, sampled every {interval * 1e3:.0f} ms")
         self._max = 0
+        self._max_reserved = 0
         self._stop = threading.Event()
         self._thread = None
         if not self.cuda:
@@ -133,8 +134,21 @@ class MemoryMeter:
         self._max = max(self._max, rss_bytes())
         return self._max
 
+    def peak_reserved(self) -> int:
+        """CUDA: the most the caching allocator held (``max_memory_reserved``: tensors, cached blocks, CUDA-graph
+        pools) since :meth:`restart_reserved`, across the per-stage resets in between; 0 on the CPU."""
+        if not self.cuda:
+            return 0
+        return max(self._max_reserved, torch.cuda.max_memory_reserved())
+
+    def restart_reserved(self) -> None:
+        self._max_reserved = 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
     def reset(self) -> None:
         if self.cuda:
+            self._max_reserved = self.peak_reserved()
             torch.cuda.reset_peak_memory_stats()
         else:
             self._max = rss_bytes()

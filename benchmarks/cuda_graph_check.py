@@ -15,7 +15,8 @@ trajectories run off to latents in the thousands, where every dtype diverges):
 Every dtype runs as a :func:`~videodirector.models.loading.precision_twin` of the float32 bundle, so all draw the
 same posterior sample and differ in arithmetic precision only.
 
-Usage (on a CUDA machine; on the CPU ``inversion.cuda_graph`` does nothing, so both runs are the same eager edit)::
+Usage (on a CUDA machine; on the CPU nothing is captured, and the "graph" run is the same static-tensor code
+uncaptured)::
 
     python benchmarks/cuda_graph_check.py [--steps 15 --inner 3] [--out DIR]
 

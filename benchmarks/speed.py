@@ -9,7 +9,8 @@ are given (``--tiny``: the small SD 1.5-layout test widths instead, for CPU chec
    null-text optimisation with STDG fixed at 10 inner iterations per step (the worst case: random weights
    make early stopping meaningless), editing with SA-I/SA-II and cross-attention control, decode.
    ``end_to_end_s``, ``edit_only_s`` (editing from a cached inversion, decode included), ``peak_gb``,
-   ``reserved_gb`` (what the caching allocator holds at the end), and
+   ``reserved_gb`` (what the caching allocator holds at the end), ``peak_reserved_gb`` (the most it held
+   during the run: what a card must have, less the CUDA context), and
    ``stage_peak_gb``: the peak of each stage, the peak counter reset between stages (encode, DDIM inversion,
    one STDG gradient, one null-text iteration, the whole pivotal stage, the edit loop, the decode);
 3. **peer**: diffusers' ``AnimateDiffVideoToVideoPipeline`` on the same model objects (the same
@@ -33,7 +34,7 @@ are given (``--tiny``: the small SD 1.5-layout test widths instead, for CPU chec
 7. with ``--eager-too`` (and ``--compile``): the main run again with the compiled blocks bypassed: ``eager_*``.
 
 With ``--cuda-graph-too`` (CUDA), after all other parts: the same edit with ``inversion.cuda_graph``
-(``graph_end_to_end_s``, ``graph_peak_gb``, ``graph_reserved_gb``, and the largest and mean difference of its
+(``graph_end_to_end_s``, ``graph_peak_gb``, ``graph_reserved_gb``, ``graph_peak_reserved_gb``, and the largest and mean difference of its
 final latents from the main run's). ``--no-recompute-feedforward`` turns ``model.recompute_feedforward`` off.
 
 Parts 3-7 run in that order, each only when its predicted time ends before ``--budget-s`` (default 580 s from
@@ -181,6 +182,7 @@ def run(vd: VideoDirector, frames: torch.Tensor, masks: torch.Tensor, meter: Mem
     tracker = StageTracker(meter) if meter is not None else None
     if meter is not None and meter.cuda:
         torch.cuda.empty_cache()
+        meter.restart_reserved()
     with (track_videodirector(vd.models, tracker) if tracker else contextlib.nullcontext([])) as missing, \
             (tracker.stage("total") if tracker else contextlib.nullcontext()):
         sync()
@@ -196,6 +198,7 @@ def run(vd: VideoDirector, frames: torch.Tensor, masks: torch.Tensor, meter: Mem
            "stages": {**inv.meta["timings"], **res.timings}}
     if meter is not None and meter.cuda:  # the allocator keeps what it reserved: its size now is the run's high mark
         out["reserved_gb"] = torch.cuda.memory_reserved() / GB
+        out["peak_reserved_gb"] = meter.peak_reserved() / GB
     if tracker is not None:
         peaks = tracker.peak_gb()
         out["peak_gb"] = peaks.pop("total")
@@ -240,6 +243,7 @@ def run_peer(pipe, models: ModelBundle, frames: torch.Tensor, steps: int, decode
 
     if meter.cuda:
         torch.cuda.empty_cache()
+        meter.restart_reserved()
     generator = torch.Generator(models.device).manual_seed(0)
     with tracker.stage("total"), sdpa_priority(models.attention_backend):
         sync()
@@ -258,7 +262,8 @@ def run_peer(pipe, models: ModelBundle, frames: torch.Tensor, steps: int, decode
         if k in marks:
             times[k + "_s"], prev = marks[k] - prev, marks[k]
     times["decode_s"] = t1 - prev
-    return {"s": t1 - t0, "peak_gb": peaks.pop("total"), "stage_peak_gb": peaks, "stages_s": times,
+    return {"s": t1 - t0, "peak_gb": peaks.pop("total"), "peak_reserved_gb": meter.peak_reserved() / GB,
+            "stage_peak_gb": peaks, "stages_s": times,
             "denoising_steps": last + 1, "frames_shape": list(frames_out.shape)}
 
 
@@ -497,6 +502,7 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
                      "stage_start_gb": out["stage_start_gb"], "stages_s": out["stages"]})
         if "reserved_gb" in out:
             data["reserved_gb"] = out["reserved_gb"]
+            data["peak_reserved_gb"] = out["peak_reserved_gb"]
         if "stages_not_found" in out:
             data["stages_not_found"] = out["stages_not_found"]
         main_latents = out["result"].latents
@@ -522,6 +528,7 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
             data["compiled_graphs_after_peer"] = counters["stats"]["unique_graphs"]
         del pipe
         data.update({"peer_v2v_s": peer["s"], "peer_v2v_peak_gb": peer["peak_gb"],
+                     "peer_v2v_peak_reserved_gb": peer["peak_reserved_gb"],
                      "peer_stage_peak_gb": peer["stage_peak_gb"], "peer_stages_s": peer["stages_s"],
                      "peer_pipeline": "diffusers.AnimateDiffVideoToVideoPipeline", "peer_steps": args.steps,
                      "peer_denoising_steps": peer["denoising_steps"], "peer_strength": PEER_STRENGTH,
@@ -581,7 +588,8 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
         # last, so that an experimental capture that fails hard cannot cost the parts above
         gr = run(VideoDirector(models, apply_overrides(cfg, {"inversion.cuda_graph": True})), frames, masks, meter)
         data.update({"graph_end_to_end_s": gr["invert_s"] + gr["edit_only_s"], "graph_peak_gb": gr["peak_gb"],
-                     "graph_reserved_gb": gr["reserved_gb"], "graph_stages_s": gr["stages"],
+                     "graph_reserved_gb": gr["reserved_gb"], "graph_peak_reserved_gb": gr["peak_reserved_gb"],
+                     "graph_stages_s": gr["stages"],
                      "graph_stage_peak_gb": gr["stage_peak_gb"],
                      "graph_vs_main_max_abs_diff": float((gr["result"].latents - main_latents).abs().max()),
                      "graph_vs_main_mean_abs_diff": float((gr["result"].latents - main_latents).abs().mean())})

@@ -1,7 +1,9 @@
-"""``inversion.cuda_graph``: the null-text iteration on static tensors (``diffusion.nulltext_graph``) against
-:func:`null_text_step`. The CUDA capture itself needs a GPU (``benchmarks/speed.py --cuda-graph`` compares the
-graphed edit with the eager one there); here the same static-tensor iteration runs eagerly, which checks what
-the capture replays: the per-step loading of the inputs, the fresh Adam state and the early stop."""
+"""``inversion.cuda_graph``: the null-text iteration and the STDG gradient on static tensors
+(``diffusion.nulltext_graph``, ``guidance.stdg.STDGGraph``) against :func:`null_text_step` and
+:func:`stdg_guidance`, and the whole pivotal stage on them against the eager one. The CUDA capture itself needs a
+GPU (``benchmarks/cuda_graph_check.py`` and ``benchmarks/speed.py --cuda-graph-too`` compare the graphed edit
+with the eager one there); here the same static-tensor work runs uncaptured, which checks what the capture
+replays: the per-step loading of the inputs, the fresh Adam state, the early stop and the copies out."""
 
 from __future__ import annotations
 
@@ -42,8 +44,7 @@ def test_static_iteration_gives_null_text_step_and_starts_each_step_fresh(tiny_m
     m64 = float64_twin(m)
     first, second = _step_inputs(m, 1, 801), _step_inputs(m, 2, 601)
     first64, second64 = ({k: v.double() if torch.is_tensor(v) else v for k, v in d.items()} for d in (first, second))
-    graph = NullTextGraph(lambda zz, t, e: m64.eps(zz, t, e), first64["z_t"], first64["phi_init"], 1.0, 7.5,
-                          capture=False)
+    graph = NullTextGraph(lambda zz, t, e: m64.eps(zz, t, e), first64["z_t"], first64["phi_init"], 1.0, 7.5)
     assert graph.graph is None  # no capture on the CPU
     graph.step(**first64, lr=0.02, inner_steps=3, stop_below=-1.0)  # leaves Adam's state and phi behind
     got = graph.step(**second64, lr=0.01, inner_steps=3, stop_below=-1.0)
@@ -67,21 +68,89 @@ def test_loss_reader_gives_the_value_sent_not_what_the_tensor_became():
     assert reader.read() == 0.25
 
 
+def test_static_stdg_gives_stdg_guidance_at_every_call(tiny_models):
+    """The same ops on copies of the inputs: equal to the bit, at a second call too (the statics reloaded, the
+    recorder's features dropped after each call, the outputs copied out so a later call cannot change them)."""
+    from videodirector.attention.control import FeatureRecorder, RecordingProcessor
+    from videodirector.attention.processors import installed
+    from videodirector.config import EditConfig
+    from videodirector.guidance.stdg import STDGGraph, stdg_guidance
+    from videodirector.methods.videodirector import VideoDirector, masks_by_tokens
+
+    from conftest import toy_inputs
+
+    m = tiny_models
+    setup = VideoDirector(m, EditConfig())._stdg_setup()
+    rec = FeatureRecorder(setup.temporal, setup.appearance)
+    procs = {l.name: RecordingProcessor(l, rec) for l in [*setup.temporal, *setup.appearance]}
+    tok = masks_by_tokens(toy_inputs()[1], (8, 8))
+    cond = m.encode_prompt(["a red circle moving right"]).expand(16, -1, -1)
+    g = torch.Generator().manual_seed(3)
+    z_ref = torch.randn(2, 1, 4, 16, 8, 8, generator=g)
+    z = z_ref + 0.3 * torch.randn(z_ref.shape, generator=g)
+    with installed(m.unet, procs):
+        graph = STDGGraph(m.eps, rec, z[0], cond, tok, setup, threshold=0.05)
+        first = graph(z[0], z_ref[0], 700)
+        assert rec.store == {}
+        second = graph(z[1], z_ref[1], 300)
+        assert rec.store == {}
+        for got, (zz, zr, t) in ((first, (z[0], z_ref[0], 700)), (second, (z[1], z_ref[1], 300))):
+            want = stdg_guidance(m.eps, rec, zz, zr, t, cond, tok, setup, 0.05)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert first[0].abs().max() > 0 and not torch.equal(first[0], second[0])
+
+
+@pytest.mark.numerics
+def test_pivotal_stage_on_static_tensors_gives_the_eager_one(tiny_cfg):
+    """``inversion.cuda_graph`` end to end, uncaptured (CPU): the null-text embeddings and ``G_t`` of every step
+    against the eager stage, both in float64, within 0.01 x the float32 rounding of the eager stage (measured gap
+    0, 1 and 2 threads). Left out: ``G`` of the second step, the gradient at the STDG loss's minimum (the first
+    null-text step lands ``z_t`` next to ``z*_t``), which rounding dominates (its float32 and float64 values
+    differ by 100%), and the final latent, which it feeds on this random model."""
+    from videodirector.config import apply_overrides
+    from videodirector.methods.videodirector import VideoDirector
+    from videodirector.models.loading import load_models
+
+    from conftest import toy_inputs
+
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.early_stop_epsilon": -1.0, "inversion.early_stop_slope": 0.0})
+    m32 = load_models(cfg.model)
+    m64 = float64_twin(m32)
+    runs = {}
+    for name, models, graphed in (("eager32", m32, False), ("eager64", m64, False), ("static64", m64, True)):
+        vd = VideoDirector(models, apply_overrides(cfg, {"inversion.cuda_graph": graphed}))
+        runs[name] = vd.invert(frames.to(models.dtype), masks, "a red circle moving right")
+    got, want, x32 = runs["static64"], runs["eager64"], runs["eager32"]
+    assert got.meta["null_inner_iterations"] == want.meta["null_inner_iterations"] == [2] * 5
+    assert_within_rounding(got.null_embeddings, want.null_embeddings, x32.null_embeddings, want.null_embeddings,
+                           k=0.01, what="null-text")  # yardstick 0.15 (max 2.9)
+    assert torch.equal(got.guidance[0], want.guidance[0])  # z_T = z*_T: exactly 0 both ways
+    assert_within_rounding(got.guidance[2:], want.guidance[2:], x32.guidance[2:], want.guidance[2:], k=0.01,
+                           what="G_t")  # yardstick 0.0034
+    assert want.guidance[2:].abs().max() > 0
+
+
 def test_a_failed_capture_falls_back_to_eager_iterations_with_one_warning(tiny_models, monkeypatch):
+    import dataclasses
+
     import videodirector.methods.videodirector as vd_module
     from videodirector import notices
+    from videodirector.config import STDGConfig
 
     def no_capture(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
 
     said: list[str] = []
-    monkeypatch.setattr(vd_module, "NullTextGraph", no_capture)
+    monkeypatch.setattr(vd_module, "capture_together", no_capture)
     notices.reset()
     notices.set_sink(said.append)
+    on_gpu = dataclasses.replace(tiny_models, device=torch.device("cuda"))  # only the device check reads it
     try:
         z = torch.zeros(1, 4, 16, 8, 8)
-        assert vd_module._null_text_graph(tiny_models, z, torch.zeros(16, 77, 32), 1.0, 7.5) is None
+        got = vd_module._pivotal_graphs(on_gpu, z, torch.zeros(16, 77, 32), z, {}, None, None, STDGConfig(), 7.5)
     finally:
         notices.set_sink(None)
+    assert got == (None, None)
     assert len(said) == 1 and "operation not permitted when stream is capturing" in said[0]
     assert "more detail" not in said[0] and "eagerly" in said[0]

@@ -138,9 +138,10 @@ class InversionConfig:
     """Benchmark only: keep the official cost structure (four separate STDG gradients each with its own
     reference forward, unfrozen UNet parameters, cache clearing every inner iteration). Same results."""
     cuda_graph: bool = False
-    """CUDA only: capture one null-text iteration as a CUDA graph and replay it for every iteration
-    (``diffusion.nulltext_graph``). Faster; its activations stay reserved beside the STDG gradient's, so the
-    peak is higher. Same results up to rounding; falls back to eager iterations if the capture fails."""
+    """Capture one null-text iteration and one STDG gradient as CUDA graphs, in one shared memory pool, and
+    replay them for every step of the pivotal stage (``diffusion.static_graph``). Faster on a GPU; same results
+    up to rounding; runs eagerly (with a notice) if the capture fails. On the CPU the same static-tensor code
+    runs uncaptured."""
     fast: Literal["none", "negative_prompt", "direct"] = "none"
     """Beyond the paper: ``negative_prompt`` (NPI: null = source embedding, no optimisation) or
     ``direct`` (PnP-Inversion style: store the per-step latent offset instead of optimising)."""

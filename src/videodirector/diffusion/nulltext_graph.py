@@ -1,4 +1,4 @@
-"""The null-text iteration replayed as one CUDA graph (``inversion.cuda_graph``).
+"""The null-text iteration on static tensors, replayed as one CUDA graph (``inversion.cuda_graph``).
 
 Every inner iteration of Algorithm I (lines 11-16) has the same shapes: ``ε_u(z_t, φ)``, the guided DDIM
 step, the loss against ``z*_{t-1}``, its backward to ``φ`` and Adam's update. :class:`NullTextGraph`
@@ -7,10 +7,10 @@ of an iteration without waiting for the host to launch them. What changes from s
 static tensors that each step overwrites: the latent, ``ε_c``, the target, ``G_t``, the timestep, the
 alphas, the learning rate, ``φ``'s warm start, and Adam's state, reset to zero as a fresh Adam has it.
 
-The captured iteration keeps its activations in a private memory pool for as long as it lives, beside
-what the STDG gradient allocates eagerly, so it trades memory for speed (``benchmarks/speed.py`` reports
-the reserved peak). Without ``capture`` (and on the CPU) the same static-tensor iteration runs eagerly:
-that is how the tests compare it with :func:`~videodirector.diffusion.nulltext.null_text_step`.
+The capture (:func:`~videodirector.diffusion.static_graph.capture_together`) shares its memory pool with
+the graphed STDG gradient (:class:`~videodirector.guidance.stdg.STDGGraph`). Uncaptured (on the CPU) the
+same static-tensor iteration runs eagerly: that is how the tests compare it with
+:func:`~videodirector.diffusion.nulltext.null_text_step`.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ from torch import Tensor
 
 from .ddim import cfg_combine, ddim_step
 from .nulltext import NullTextStep, expand_null
+from .static_graph import StaticGraph, capture_together
 
 
-class NullTextGraph:
-    """One null-text iteration on static tensors, captured as a CUDA graph when ``capture``.
+class NullTextGraph(StaticGraph):
+    """One null-text iteration on static tensors; ``capture`` captures it alone (tests and simple callers;
+    the method captures it with the STDG graph through :func:`capture_together`).
 
     Args:
         eps_fn: ``eps_fn(z, t, null_per_frame) -> ε_u`` with ``t`` a 0-d tensor on the device.
         like_z, like_phi: tensors shaped like the latent ``(1, C, F, h, w)`` and ``φ`` ``(1 or F, 77, D)``.
-        warmup: eager iterations on a side stream before the capture (workspaces, Adam's state).
     """
 
     def __init__(self, eps_fn: Callable[[Tensor, Tensor, Tensor], Tensor], like_z: Tensor, like_phi: Tensor,
-                 guidance_scale: float, cfg_scale: float, capture: bool = True, warmup: int = 2) -> None:
+                 guidance_scale: float, cfg_scale: float, capture: bool = False) -> None:
         dev = like_z.device
         self.eps_fn, self.guidance_scale, self.cfg_scale = eps_fn, guidance_scale, cfg_scale
         self.z, self.eps_cond, self.target, self.guidance = (torch.zeros_like(like_z) for _ in range(4))
@@ -43,30 +44,21 @@ class NullTextGraph:
         self.alpha_t, self.alpha_prev = torch.ones((), **scalar), torch.ones((), **scalar)
         self.t = torch.zeros((), device=dev, dtype=torch.long)
         self.phi = like_phi.detach().clone().requires_grad_(True)
-        self.capture = capture and dev.type == "cuda"
-        self.opt = torch.optim.Adam([self.phi], lr=torch.zeros((), **scalar), capturable=self.capture,
-                                    foreach=False if not self.capture else None)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.loss: Tensor | None = None
-        if self.capture:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    self.opt.zero_grad(set_to_none=True)
-                    self._iteration()
-            torch.cuda.current_stream().wait_stream(side)
-            self.opt.zero_grad(set_to_none=True)  # the backward allocates φ's gradient inside the graph
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.loss = self._iteration()
+        capturable = dev.type == "cuda"
+        self.opt = torch.optim.Adam([self.phi], lr=torch.zeros((), **scalar), capturable=capturable,
+                                    foreach=None if capturable else False)
+        self.loss = torch.zeros((), **scalar)
+        if capture:
+            capture_together([self])
 
-    def _iteration(self) -> Tensor:
-        """Eq. 13's loss at the current ``φ``, its backward and Adam's update; returns the loss (before it)."""
+    def _work(self) -> None:
+        """Eq. 13's loss at the current ``φ``, its backward and Adam's update; ``self.loss`` is the loss before
+        it. ``φ``'s gradient is dropped first, so that a captured backward allocates it inside the graph."""
+        self.opt.zero_grad(set_to_none=True)
         loss = F.mse_loss(self._guided_step(self.phi), self.target)
         loss.backward()
         self.opt.step()
-        return loss.detach()
+        self.loss = loss.detach()
 
     def _guided_step(self, phi: Tensor) -> Tensor:
         """The DDIM step with ``ε̂ = ε_c + w (ε_c - ε_u(φ))`` and ``G_t`` in the direction term (Eq. 13)."""
@@ -98,14 +90,9 @@ class NullTextGraph:
         self._start(phi_init, z_t, eps_cond, z_target, guidance, t, alpha_t, alpha_prev, lr)
         iters, last = 0, float("nan")
         for _ in range(inner_steps):
-            if self.graph is not None:
-                self.graph.replay()
-                loss = self.loss
-            else:
-                self.opt.zero_grad(set_to_none=True)
-                loss = self._iteration()
+            self.run()
             iters += 1
-            last = float(loss)
+            last = float(self.loss)
             if last < stop_below:
                 break
         phi = self.phi.detach().clone()

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..attention.control import FeatureRecorder, key_feature
 from ..attention.processors import AttentionLayer
+from ..diffusion.static_graph import StaticGraph
 
 
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -34,11 +35,8 @@ def temporal_loss(p_ref: Tensor, p: Tensor, region: Tensor, top_k: int) -> Tenso
     idx = p_ref.topk(top_k, dim=-1).indices
     keep = torch.zeros_like(p_ref, dtype=torch.bool).scatter_(-1, idx, True)
     keep = keep & region.transpose(0, 1)[:, None, :, None]
-    n = keep.sum()
-    if n == 0:
-        return p.sum() * 0.0
     diff = (p_ref.detach() - p) ** 2
-    return (diff * keep).sum() / n
+    return (diff * keep).sum() / keep.sum().clamp(min=1)  # an empty region gives 0, without a host sync
 
 
 def masked_mean_keys(k: Tensor, region: Tensor) -> Tensor:
@@ -69,9 +67,7 @@ def appearance_loss(k_ref: Tensor, k: Tensor, region: Tensor, mode: str = "mean_
         return F.mse_loss(masked_mean_keys(k_ref.detach(), region), masked_mean_keys(k, region))
     dtype = _at_least_fp32(k)
     m = region.to(dtype)[..., None]
-    n = m.sum() * k.shape[-1]
-    if n == 0:
-        return k.to(dtype).sum() * 0.0
+    n = (m.sum() * k.shape[-1]).clamp(min=1)  # an empty region gives 0, without a host sync
     return (m * (k_ref.detach().to(dtype) - k.to(dtype)) ** 2).sum() / n
 
 
@@ -174,3 +170,33 @@ def stdg_guidance(
         else:
             (grad,) = torch.autograd.grad(loss, z)
     return clamp_guidance(grad, threshold).detach(), eps.detach()
+
+
+class STDGGraph(StaticGraph):
+    """:func:`stdg_guidance` on static tensors ``(z_t, z*_t, t)``, for ``inversion.cuda_graph``: every step of
+    the pivotal stage after the first asks for the same shapes, so the reference forward, the forward with
+    autograd and the backward to ``z_t`` replay as one graph. Captured with the null-text iteration by
+    :func:`~videodirector.diffusion.static_graph.capture_together`, into the same pool; uncaptured it runs
+    the same work eagerly."""
+
+    def __init__(self, unet_forward, recorder: FeatureRecorder, like_z: Tensor, cond: Tensor,  # noqa: ANN001
+                 masks_by_tokens: dict[int, Tensor], setup: STDGSetup, threshold: float | None = None) -> None:
+        self.unet_forward, self.recorder, self.cond = unet_forward, recorder, cond
+        self.masks_by_tokens, self.setup, self.threshold = masks_by_tokens, setup, threshold
+        self.z, self.z_ref = torch.zeros_like(like_z), torch.zeros_like(like_z)
+        self.t = torch.zeros((), device=like_z.device, dtype=torch.long)
+        self.guidance, self.eps_cond = torch.zeros_like(like_z), torch.zeros_like(like_z)
+
+    def _work(self) -> None:
+        self.guidance, self.eps_cond = stdg_guidance(self.unet_forward, self.recorder, self.z, self.z_ref, self.t,
+                                                     self.cond, self.masks_by_tokens, self.setup, self.threshold)
+        self.recorder.store = {}  # the recorded features are dead now: their memory goes back to the pool
+
+    def __call__(self, z_t: Tensor, z_ref: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        """``(G, ε_c)`` as :func:`stdg_guidance` returns them, copied out of the graph's memory."""
+        with torch.no_grad():
+            self.z.copy_(z_t)
+            self.z_ref.copy_(z_ref)
+            self.t.fill_(t)
+        self.run()
+        return self.guidance.clone(), self.eps_cond.clone()

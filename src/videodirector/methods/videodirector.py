@@ -37,9 +37,10 @@ from ..diffusion.ddim import (
 )
 from ..diffusion.nulltext import expand_null, null_text_step
 from ..diffusion.nulltext_graph import NullTextGraph
+from ..diffusion.static_graph import capture_together
 from ..errors import InputError
 from ..notices import warn
-from ..guidance.stdg import STDGSetup, clamp_guidance, resize_mask, stdg_guidance
+from ..guidance.stdg import STDGGraph, STDGSetup, clamp_guidance, resize_mask, stdg_guidance
 from ..io.masks import latent_keep_region
 from ..models.loading import ModelBundle
 from .base import EditResult, Inversion, Progress, no_progress, register
@@ -175,60 +176,70 @@ class VideoDirector:
             phi = neg.clone()
         if inv.reference_cost:  # official: parameters never frozen, so every backward builds weight gradients
             m.unet.requires_grad_(True)
+        graphs: tuple[NullTextGraph | None, STDGGraph | None] = (None, None)
         try:
-            return self._pivotal_loop(latents, timesteps, delta, cond_f, neg, num_frames, tok_masks, use_stdg, setup,
-                                      recorder, processors, phi, progress)
+            with installed(m.unet, processors):
+                if inv.cuda_graph and not inv.reference_cost and inv.null_text != "none":
+                    graphs = _pivotal_graphs(m, latents[-1][None], phi, cond_f, tok_masks, setup if use_stdg else None,
+                                             recorder, s, inv.guidance_scale)
+                return self._pivotal_loop(latents, timesteps, delta, cond_f, neg, num_frames, tok_masks, use_stdg,
+                                          setup, recorder, phi, progress, *graphs)
         finally:
             m.unet.requires_grad_(False)
             for p_ in m.unet.parameters():
                 p_.grad = None
+            captured = any(g_ is not None and g_.graph is not None for g_ in graphs)
+            for g_ in graphs:
+                if g_ is not None:
+                    g_.release()
+            graphs = (None, None)  # their tensors too, so that the whole pool is free
+            if captured:
+                torch.cuda.empty_cache()  # the graphs' pool goes back before the edit
 
     def _pivotal_loop(self, latents, timesteps, delta, cond_f, neg, num_frames, tok_masks, use_stdg, setup,  # noqa: ANN001
-                      recorder, processors, phi, progress):  # noqa: ANN001, ANN202
+                      recorder, phi, progress, graph, stdg_graph):  # noqa: ANN001, ANN202
+        """The loop of lines 5-17; ``graph``/``stdg_graph`` (``inversion.cuda_graph``) replace the eager null-text
+        iterations and STDG gradients when given."""
         cfg, m = self.cfg, self.models
         inv, s = cfg.inversion, cfg.stdg
         T = len(timesteps)
         nulls, guides, iters = [], [], []
         z = latents[T][None]
-        graph: NullTextGraph | None = None
-        use_graph = inv.cuda_graph and m.device.type == "cuda" and not inv.reference_cost
-        with installed(m.unet, processors):
-            for i, t in enumerate(timesteps):
-                z_ref, target = latents[T - i][None], latents[T - i - 1][None]
-                a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
-                with record_function("pivotal.guidance_and_eps_cond"):
-                    if use_stdg and inv.reference_cost:
-                        g, eps_c = self._reference_stdg(recorder, z, z_ref, t, cond_f, tok_masks, setup)
-                    elif use_stdg and not torch.equal(z, z_ref):
-                        g, eps_c = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, setup, s.threshold)
-                    else:  # at t = T the current latent is z*_T, so every STDG loss and G are exactly zero
-                        with torch.no_grad():
-                            eps_c = m.eps(z, t, cond_f)
-                        g = torch.zeros_like(z) if use_stdg else None
-                if inv.null_text == "none":
+        for i, t in enumerate(timesteps):
+            z_ref, target = latents[T - i][None], latents[T - i - 1][None]
+            a_t, a_p = m.schedule.alpha(t), m.schedule.alpha(t - delta)
+            with record_function("pivotal.guidance_and_eps_cond"):
+                if use_stdg and inv.reference_cost:
+                    g, eps_c = self._reference_stdg(recorder, z, z_ref, t, cond_f, tok_masks, setup)
+                elif use_stdg and not torch.equal(z, z_ref) and stdg_graph is not None:
+                    g, eps_c = stdg_graph(z, z_ref, t)
+                elif use_stdg and not torch.equal(z, z_ref):
+                    g, eps_c = stdg_guidance(m.eps, recorder, z, z_ref, t, cond_f, tok_masks, setup, s.threshold)
+                else:  # at t = T the current latent is z*_T, so every STDG loss and G are exactly zero
                     with torch.no_grad():
-                        eps_u = m.eps(z, t, self._per_frame(neg, num_frames))
-                        z = ddim_step(cfg_combine(eps_c, eps_u, inv.guidance_scale), z, a_t, a_p, g, s.guidance_scale)
+                        eps_c = m.eps(z, t, cond_f)
+                    g = torch.zeros_like(z) if use_stdg else None
+            if inv.null_text == "none":
+                with torch.no_grad():
+                    eps_u = m.eps(z, t, self._per_frame(neg, num_frames))
+                    z = ddim_step(cfg_combine(eps_c, eps_u, inv.guidance_scale), z, a_t, a_p, g, s.guidance_scale)
+            else:
+                lr = inv.null_lr * (1 - inv.null_lr_decay * i / T)
+                stop_below = inv.early_stop_epsilon + inv.early_stop_slope * i
+                if graph is not None:  # inversion.cuda_graph
+                    step = graph.step(eps_c, z, target, phi, t, a_t, a_p, g, lr, inv.null_inner_steps, stop_below)
                 else:
-                    lr = inv.null_lr * (1 - inv.null_lr_decay * i / T)
-                    stop_below = inv.early_stop_epsilon + inv.early_stop_slope * i
-                    if use_graph and graph is None:  # inversion.cuda_graph: captured once, replayed every iteration
-                        graph = _null_text_graph(m, z, phi, s.guidance_scale, inv.guidance_scale)
-                        use_graph = graph is not None
-                    if graph is not None:
-                        step = graph.step(eps_c, z, target, phi, t, a_t, a_p, g, lr, inv.null_inner_steps, stop_below)
-                    else:
-                        step = null_text_step(
-                            lambda zz, e, t=t: m.eps(zz, t, e), eps_c, z, target, phi, a_t, a_p, g, s.guidance_scale,
-                            inv.guidance_scale, lr, inv.null_inner_steps, stop_below,
-                            _clear_caches if inv.reference_cost else None,
-                        )
-                    phi, z = step.phi, step.z_next
-                    nulls.append(phi)
-                    iters.append(step.iterations)
-                if g is not None:
-                    guides.append(g[0])
-                progress("null-text" if inv.null_text != "none" else "trajectory", i + 1, T)
+                    step = null_text_step(
+                        lambda zz, e, t=t: m.eps(zz, t, e), eps_c, z, target, phi, a_t, a_p, g, s.guidance_scale,
+                        inv.guidance_scale, lr, inv.null_inner_steps, stop_below,
+                        _clear_caches if inv.reference_cost else None,
+                    )
+                phi, z = step.phi, step.z_next
+                nulls.append(phi)
+                iters.append(step.iterations)
+            if g is not None:
+                guides.append(g[0])
+            progress("null-text" if inv.null_text != "none" else "trajectory", i + 1, T)
         return (torch.stack(nulls) if nulls else None, torch.stack(guides) if guides else None, z, iters)
 
     def _reference_stdg(self, recorder, z, z_ref, t, cond_f, tok_masks, setup):  # noqa: ANN001, ANN202
@@ -363,15 +374,26 @@ class VideoDirector:
         return self.models.decode_latents(z.to(self.models.device))
 
 
-def _null_text_graph(m: ModelBundle, z: Tensor, phi: Tensor, guidance_scale: float,
-                     cfg_scale: float) -> NullTextGraph | None:
-    """``inversion.cuda_graph``: the captured null-text iteration, or None (with a notice) if capture fails."""
+def _pivotal_graphs(m: ModelBundle, z: Tensor, phi: Tensor, cond_f: Tensor, tok_masks: dict[int, Tensor],
+                    setup: STDGSetup | None, recorder: FeatureRecorder | None, s, cfg_scale: float,  # noqa: ANN001
+                    ) -> tuple[NullTextGraph | None, STDGGraph | None]:
+    """``inversion.cuda_graph``: the null-text iteration and the STDG gradient on static tensors, on a GPU
+    captured into one memory pool (they never run at once, so the pool holds the larger one's activations);
+    on the CPU uncaptured, the same work run eagerly. ``(None, None)``, with a notice, if the capture fails."""
+    graph = NullTextGraph(lambda zz, t, e: m.eps(zz, t, e), z, phi, s.guidance_scale, cfg_scale)
+    stdg_graph = STDGGraph(m.eps, recorder, z, cond_f, tok_masks, setup, s.threshold) if setup is not None else None
+    if m.device.type != "cuda":
+        return graph, stdg_graph
+    if stdg_graph is not None:  # warm-up inputs: the first step's, where z_t = z*_t
+        stdg_graph.z.copy_(z)
+        stdg_graph.z_ref.copy_(z)
     try:
-        return NullTextGraph(lambda zz, t, e: m.eps(zz, t, e), z, phi, guidance_scale, cfg_scale)
+        capture_together([g for g in (graph, stdg_graph) if g is not None])
     except RuntimeError as err:  # e.g. a kernel that cannot be captured on this GPU or PyTorch
-        warn(f"inversion.cuda_graph: capturing the null-text iteration failed ({str(err).splitlines()[0][:160]}); "
-               "running its iterations eagerly")
-        return None
+        warn(f"inversion.cuda_graph: capturing the pivotal stage failed ({str(err).splitlines()[0][:160]}); "
+             "running it eagerly")
+        return None, None
+    return graph, stdg_graph
 
 
 def _clear_caches() -> None:
