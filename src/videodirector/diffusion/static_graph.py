@@ -8,12 +8,15 @@ keeps the graphed pivotal stage (null-text iteration + STDG gradient) within the
 sharing: a graph's outputs may lie in memory another graph's replay overwrites, so a caller copies them out
 before the next replay of any graph of the pool (:class:`StaticGraph` subclasses return copies).
 
-All warm-ups run before the first capture, on one side stream, so their eager memory is given back (the
-capture empties the allocator's cache) before the pool takes its own.
+All warm-ups run before the first capture, on one side stream. The allocator keeps cached blocks per stream, so
+the current stream's cache is freed first: otherwise the warm-ups' memory comes on top of it (at 16 x 512^2 the
+reserved peak was 26.0 GB with the cache kept and 17.8 GB with it freed, ``benchmarks/graph_memory_probe.py``). Their
+own memory is given back before the pool takes its own (a garbage collection, then the capture empties the cache).
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 import torch
@@ -46,6 +49,7 @@ def capture_together(graphs: Sequence[StaticGraph], warmup: int = 2) -> None:
     """Warm every graph up eagerly (``warmup`` runs each, on one side stream), then capture each into one
     shared private pool. Raises what the capture raises (e.g. an operation that cannot be captured);
     then no graph is left captured."""
+    torch.cuda.empty_cache()  # the warm-ups run on another stream, which cannot reuse this stream's cached blocks
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -53,6 +57,7 @@ def capture_together(graphs: Sequence[StaticGraph], warmup: int = 2) -> None:
             for _ in range(warmup):
                 g._work()
     torch.cuda.current_stream().wait_stream(side)
+    gc.collect()  # torch.cuda.graph empties the cache but no longer collects (torch.compiler.config.force_cudagraph_gc)
     pool = torch.cuda.graph_pool_handle()
     stream = torch.cuda.Stream()  # one capture stream, so that later captures reuse the pool's freed blocks
     try:
