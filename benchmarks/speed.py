@@ -196,7 +196,7 @@ def run(vd: VideoDirector, frames: torch.Tensor, masks: torch.Tensor, meter: Mem
         t_edit = time.perf_counter() - t0
     out = {"inversion": inv, "result": res, "invert_s": t_inv, "edit_only_s": t_edit,
            "stages": {**inv.meta["timings"], **res.timings}}
-    if meter is not None and meter.cuda:  # the allocator keeps what it reserved: its size now is the run's high mark
+    if meter is not None and meter.cuda:  # reserved now (after any empty_cache of the run) and its high mark
         out["reserved_gb"] = torch.cuda.memory_reserved() / GB
         out["peak_reserved_gb"] = meter.peak_reserved() / GB
     if tracker is not None:

@@ -139,9 +139,9 @@ class InversionConfig:
     reference forward, unfrozen UNet parameters, cache clearing every inner iteration). Same results."""
     cuda_graph: bool = False
     """Capture one null-text iteration and one STDG gradient as CUDA graphs, in one shared memory pool, and
-    replay them for every step of the pivotal stage (``diffusion.static_graph``). Faster on a GPU; same results
-    up to rounding; runs eagerly (with a notice) if the capture fails. On the CPU the same static-tensor code
-    runs uncaptured."""
+    replay them for every step of the pivotal stage (``diffusion.static_graph``); with ``null_text: none``
+    nothing is captured. Faster on a GPU; same results up to rounding; runs eagerly (with a notice) if the capture
+    fails. On the CPU the same static-tensor code runs uncaptured."""
     fast: Literal["none", "negative_prompt", "direct"] = "none"
     """Beyond the paper: ``negative_prompt`` (NPI: null = source embedding, no optimisation) or
     ``direct`` (PnP-Inversion style: store the per-step latent offset instead of optimising)."""

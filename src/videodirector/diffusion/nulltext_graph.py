@@ -27,8 +27,8 @@ from .static_graph import StaticGraph, capture_together
 
 
 class NullTextGraph(StaticGraph):
-    """One null-text iteration on static tensors; ``capture`` captures it alone (tests and simple callers;
-    the method captures it with the STDG graph through :func:`capture_together`).
+    """One null-text iteration on static tensors; ``capture`` captures it alone on a GPU (simple callers; the
+    method captures it with the STDG graph through :func:`capture_together`), and does nothing on the CPU.
 
     Args:
         eps_fn: ``eps_fn(z, t, null_per_frame) -> ε_u`` with ``t`` a 0-d tensor on the device.
@@ -48,7 +48,7 @@ class NullTextGraph(StaticGraph):
         self.opt = torch.optim.Adam([self.phi], lr=torch.zeros((), **scalar), capturable=capturable,
                                     foreach=None if capturable else False)
         self.loss = torch.zeros((), **scalar)
-        if capture:
+        if capture and dev.type == "cuda":
             capture_together([self])
 
     def _work(self) -> None:

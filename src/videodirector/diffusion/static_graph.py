@@ -3,8 +3,9 @@
 A :class:`StaticGraph` owns the tensors its work reads and writes. Each call loads new values into them,
 runs the work (:meth:`StaticGraph.run`: a replay once captured, the work itself otherwise) and reads the
 outputs. :func:`capture_together` captures several of them into **one** private memory pool: they never
-run at the same time, so the pool holds the largest one's activations instead of their sum. That is what
-keeps the graphed pivotal stage (null-text iteration + STDG gradient) within the eager peak. The price of
+run at the same time, so the pool holds the largest one's activations instead of their sum: for the pivotal
+stage at 16 x 512^2 the STDG graph adds 0.02 GB to the null-text graph's 13.1 GB (the pool stays reserved while
+the graphs replay, so the stage reserves 17.8 GB against 16.0 GB eagerly). The price of
 sharing: a graph's outputs may lie in memory another graph's replay overwrites, so a caller copies them out
 before the next replay of any graph of the pool (:class:`StaticGraph` subclasses return copies).
 
