@@ -40,6 +40,16 @@ NEVER_STOP_EARLY = {"inversion.early_stop_epsilon": -1.0, "inversion.early_stop_
 """Config overrides that keep every null-text step at its full iteration count (the timed worst case)."""
 
 
+def timed_config(steps: int, inner: int, frames: int, size: int) -> Any:
+    """The default ``EditConfig`` at ``steps`` DDIM steps, ``inner`` null-text iterations a step (never stopping
+    early) and ``frames`` x ``size``^2 input: what the timing benchmarks run."""
+    from videodirector.config import EditConfig, apply_overrides
+
+    return apply_overrides(EditConfig(), {"inversion.num_steps": steps, "inversion.null_inner_steps": inner,
+                                          **NEVER_STOP_EARLY, "input.height": size, "input.width": size,
+                                          "input.num_frames": frames})
+
+
 def synthetic_clip(frames: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded random frames ``(F, 3, size, size)`` in [-1, 1] and a centred square object mask
     ``(F, 1, size, size)`` covering the middle half of each side: the inputs of the timing benchmarks."""

@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import NEVER_STOP_EARLY, machine, result_name, synthetic_clip, write  # noqa: E402
+from _common import machine, result_name, synthetic_clip, timed_config, write  # noqa: E402
 from speed import random_bundle  # noqa: E402
 
-from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 
 SOURCE = "A brown bear, walking on rocky terrain, next to a stone wall."
@@ -53,9 +52,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     models = random_bundle(device, dtype)
-    cfg = apply_overrides(EditConfig(), {"inversion.num_steps": args.steps, "inversion.null_inner_steps": 1,
-                                         **NEVER_STOP_EARLY, "input.height": args.size, "input.width": args.size,
-                                         "input.num_frames": args.frames})
+    cfg = timed_config(args.steps, 1, args.frames, args.size)
     frames, masks = synthetic_clip(args.frames, args.size)
     vd = VideoDirector(models, cfg)
     inv = vd.invert(frames, masks, SOURCE)

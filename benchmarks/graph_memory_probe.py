@@ -33,13 +33,13 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import GB, NEVER_STOP_EARLY, gpu_slug, machine, synthetic_clip, write  # noqa: E402
+from _common import GB, gpu_slug, machine, synthetic_clip, timed_config, write  # noqa: E402
 from speed import SOURCE_PROMPT, random_bundle  # noqa: E402
 
-from videodirector.config import EditConfig, apply_overrides  # noqa: E402
-from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 from videodirector import notices  # noqa: E402
+from videodirector.config import apply_overrides  # noqa: E402
 from videodirector.diffusion import static_graph  # noqa: E402
+from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 
 
 def _gb(n: int) -> float:
@@ -62,9 +62,7 @@ def main() -> None:
     device = torch.device("cuda")
     models = random_bundle(device, torch.bfloat16)
     frames, masks = synthetic_clip(args.frames, args.size)
-    cfg = apply_overrides(EditConfig(), {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner,
-                                         **NEVER_STOP_EARLY, "input.height": args.size, "input.width": args.size,
-                                         "input.num_frames": args.frames})
+    cfg = timed_config(args.steps, args.inner, args.frames, args.size)
     data: dict = {"machine": machine(), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
                   "frames": args.frames, "size": args.size, "steps": args.steps, "inner": args.inner,
                   "dtype": "bfloat16", "compiled": False}

@@ -43,14 +43,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
-    GB, NEVER_STOP_EARLY, RESULTS, STAGES, MemoryMeter, StageTracker, fmt, machine, result_name, synthetic_clip,
+    GB, RESULTS, STAGES, MemoryMeter, StageTracker, fmt, machine, result_name, synthetic_clip, timed_config,
     track_videodirector, write,
 )
 from speed import SOURCE_PROMPT, random_bundle, sync, tiny_bundle  # noqa: E402
 
 from videodirector.attention.control import FeatureRecorder, RecordingProcessor  # noqa: E402
 from videodirector.attention.processors import installed  # noqa: E402
-from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.diffusion.ddim import step_size  # noqa: E402
 from videodirector.diffusion.nulltext import null_text_step  # noqa: E402
 from videodirector.guidance.stdg import stdg_guidance  # noqa: E402
@@ -212,8 +211,7 @@ def main() -> None:  # noqa: PLR0915
     data["weights_gb"]["total"] = sum(data["weights_gb"].values())
 
     # the inversion: a real short one, per stage (and the latents for the parts below)
-    cfg = apply_overrides(EditConfig(), {"inversion.num_steps": T, "inversion.null_inner_steps": 1, **NEVER_STOP_EARLY,
-                                         "input.height": size, "input.width": size, "input.num_frames": frames_n})
+    cfg = timed_config(T, 1, frames_n, size)
     vd = VideoDirector(m, cfg)
     frames, masks = synthetic_clip(frames_n, size)
     vd.invert(frames, masks, SOURCE_PROMPT)  # warm-up

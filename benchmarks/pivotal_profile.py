@@ -34,10 +34,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import NEVER_STOP_EARLY, machine, result_name, synthetic_clip, write  # noqa: E402
+from _common import machine, result_name, synthetic_clip, timed_config, write  # noqa: E402
 from speed import random_bundle  # noqa: E402
 
-from videodirector.config import EditConfig, apply_overrides  # noqa: E402
+from videodirector.config import apply_overrides  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 
 LABELS = ("pivotal.guidance_and_eps_cond", "null_text.iteration", "null_text.final_forward")
@@ -77,9 +77,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     models = random_bundle(device, dtype)
-    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner, **NEVER_STOP_EARLY,
-            "input.height": args.size, "input.width": args.size, "input.num_frames": args.frames}
-    cfg = apply_overrides(EditConfig(), over)
+    cfg = timed_config(args.steps, args.inner, args.frames, args.size)
     frames, masks = synthetic_clip(args.frames, args.size)
     prompt = "A brown bear, walking on rocky terrain, next to a stone wall."
 

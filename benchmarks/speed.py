@@ -81,11 +81,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
-    GB, NEVER_STOP_EARLY, RESULTS, MemoryMeter, StageTracker, fmt, gpu_slug, machine, max_rss_bytes, synthetic_clip,
+    GB, RESULTS, MemoryMeter, StageTracker, fmt, gpu_slug, machine, max_rss_bytes, synthetic_clip, timed_config,
     track_videodirector, write,
 )
 
-from videodirector.config import EditConfig, apply_overrides  # noqa: E402
+from videodirector.config import apply_overrides  # noqa: E402
 from videodirector.diffusion.ddim import NoiseSchedule  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 from videodirector.models.compile import compile_blocks, eager  # noqa: E402
@@ -449,9 +449,7 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
                  "recompute_feedforward": not args.no_recompute_feedforward})
     data["targets"] = {"end_to_end_s": 120, "peak_gb": 16, "edit_only_s": 10}  # issue 20
     budget = Budget(args.budget_s, data)
-    over = {"inversion.num_steps": args.steps, "inversion.null_inner_steps": args.inner, **NEVER_STOP_EARLY,
-            "input.height": args.size, "input.width": args.size, "input.num_frames": args.frames}
-    cfg = apply_overrides(EditConfig(), over)
+    cfg = timed_config(args.steps, args.inner, args.frames, args.size)
     if args.base:
         cfg = apply_overrides(cfg, {"model.base": args.base, "model.motion_adapter": args.motion_adapter,
                                     "model.device": str(device)})
