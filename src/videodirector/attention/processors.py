@@ -102,6 +102,15 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def opaque_to_compiler(attend):  # noqa: ANN001, ANN201
+    """Decorator for ``attend`` methods that read per-step Python state (the clock, the batch layout, the schedule).
+
+    Compiled blocks (``model.compile``) call such a method as it is instead of tracing it: the compiled code ends
+    before it and resumes after it, so the state never enters the compiled code's guards (traced, it would
+    recompile every layer at every step and phase)."""
+    return torch.compiler.disable(attend)
+
+
 class ControlProcessor:
     """Diffusers' ``AttnProcessor2_0`` with the attention itself in :meth:`attend`.
 

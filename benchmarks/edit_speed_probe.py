@@ -1,0 +1,221 @@
+"""Where the time of editing from a cached inversion goes, and how fast the UNet itself can go.
+
+Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd. Three parts:
+
+1. **The edit by phase**: the 50-step edit on a synthetic cached inversion (random latents, the
+   negative prompt's embedding as null-text, small random ``G_t``), regionally compiled as ``model.compile``
+   does, each step timed on its own (a synchronisation per step). Steps are grouped by what runs on them:
+   SA-I + cross control on 3 branches, SA-II + cross control on 4, SA-II alone on 4. Beside each, the
+   plain UNet forward at the same batch (no control): the difference is the control's cost.
+2. **The UNet's speed per video** at batches of 1-4 videos under each compilation: none (eager), the regional
+   compile (``model.compile``: resnets, feed-forwards, motion modules), the regional compile plus the spatial
+   transformers (``--spatial``, default processors), and the whole UNet as one graph (batch 4 only).
+3. **SA-II's attention** at each resolution: the mask carried in extra head dimensions
+   (``attention_hiding_keys``, what ``mutual_self_attention`` runs), the same with a boolean mask (the slower
+   kernel it replaced), an unmasked call over the same ``2N`` keys and a plain call over ``N``.
+   The edit of part 1 also runs once with the boolean mask: ``edit_with_bool_mask``.
+
+Writes ``benchmarks/results/edit_speed_probe_<gpu>.{json,md}``.
+
+    python benchmarks/edit_speed_probe.py [--skip-whole] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, result_name, synthetic_clip, timed_config, write  # noqa: E402
+from speed import SOURCE_PROMPT, TARGET_PROMPT, random_bundle, tiny_bundle  # noqa: E402
+
+import videodirector.attention.control as control  # noqa: E402
+from videodirector.diffusion.ddim import linspace_timesteps  # noqa: E402
+from videodirector.methods.base import Inversion  # noqa: E402
+from videodirector.methods.videodirector import VideoDirector  # noqa: E402
+from videodirector.models.compile import compile_blocks  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def synthetic_inversion(models, steps: int, frames: int, size: int) -> Inversion:  # noqa: ANN001
+    """A cached inversion of the right shapes: what the edit reads, none of what it costs to make."""
+    g = torch.Generator().manual_seed(0)
+    h = size // 8
+    video, masks = synthetic_clip(frames, size)
+    neg = models.encode_prompt([""]).cpu()
+    return Inversion(
+        latents=torch.randn(steps + 1, 4, frames, h, h, generator=g).to(models.dtype),
+        masks=masks, source_frames=video,
+        null_embeddings=neg[None].expand(steps, 1, *neg.shape[1:]).clone(),
+        guidance=(0.01 * torch.randn(steps, 4, frames, h, h, generator=g)).to(models.dtype),
+        meta={"source_prompt": SOURCE_PROMPT, "negative_prompt": "",
+              "timesteps": linspace_timesteps(steps, models.schedule.num_train_timesteps),
+              "settings": {"inversion": {"fast": "none"}}})
+
+
+def unet_per_video(models, videos: int, frames: int, h: int, repeats: int) -> float:  # noqa: ANN001
+    """Seconds per video of one UNet forward at a batch of ``videos`` clips (best of ``repeats`` after two warm-ups)."""
+    z = torch.randn(videos, 4, frames, h, h, device=models.device, dtype=models.dtype)
+    emb = models.encode_prompt(["a"] * videos).repeat_interleave(frames, 0)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            sync(models.device)
+            t0 = time.perf_counter()
+            models.eps(z, 500, emb)
+            sync(models.device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return min(times) / videos
+
+
+def edit_by_phase(vd: VideoDirector, inv: Inversion) -> tuple[dict, torch.Tensor]:
+    """Per-step seconds of one edit (after a warm-up edit), grouped by batch layout and control; its latents."""
+    device = vd.models.device
+    stamps: list[float] = []
+
+    def progress(stage: str, i: int, n: int) -> None:
+        sync(device)
+        stamps.append(time.perf_counter())
+
+    vd.edit(inv, TARGET_PROMPT)  # warm-up: compiles the batch layouts
+    sync(device)
+    t0 = time.perf_counter()
+    res = vd.edit(inv, TARGET_PROMPT, progress=progress)
+    step_s = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
+    sched = res.info["schedule"]
+    sa1, sa2, cross = (range(*sched[k]) for k in ("sa1_steps", "sa2_steps", "cross_steps"))
+    groups: dict[str, list[float]] = {}
+    for i, s in enumerate(step_s):
+        key = ("sa1" if i in sa1 else "sa2" if i in sa2 else "none") + ("+cross" if i in cross else "")
+        groups.setdefault(key, []).append(s)
+    return {"edit_s": res.timings["edit_s"], "decode_s": res.timings["decode_s"], "step_s": step_s,
+            "phases": {k: {"steps": len(v), "mean_step_s": sum(v) / len(v), "total_s": sum(v)}
+                       for k, v in groups.items()}}, res.latents
+
+
+def bool_mask_attention(q_edit, k_recon, v_recon, k_edit, v_edit, recon_object):  # noqa: ANN001, ANN201
+    """SA-II as a boolean-masked ``scaled_dot_product_attention`` (the call ``attention_hiding_keys`` replaced)."""
+    keys, values = torch.cat([k_recon, k_edit], dim=2), torch.cat([v_recon, v_edit], dim=2)
+    allowed = torch.cat([~recon_object, torch.ones_like(recon_object)], dim=1)
+    return F.scaled_dot_product_attention(q_edit, keys, values, attn_mask=allowed[:, None, None, :])
+
+
+def masked_attention(device: torch.device, dtype: torch.dtype, frames: int, h: int, repeats: int) -> dict:
+    """SA-II's call at each spatial resolution of SD 1.5 (heads 8, width 320/640/1280), two edit branches."""
+    out = {}
+    g = torch.Generator(device=device).manual_seed(0)
+    for side, width in ((h, 320), (h // 2, 640), (h // 4, 1280)):
+        n, d = side * side, width // 8
+        q, k_r, v_r, k_e, v_e = (torch.randn(2 * frames, 8, n, d, device=device, dtype=dtype, generator=g)
+                                 for _ in range(5))
+        obj = torch.zeros(2 * frames, n, dtype=torch.bool, device=device)
+        obj[:, : n // 4] = True
+
+        def best(fn) -> float:  # noqa: ANN001
+            ts = []
+            for i in range(repeats + 2):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                if i >= 2:
+                    ts.append(time.perf_counter() - t0)
+            return min(ts)
+
+        keys, values = torch.cat([k_r, k_e], 2), torch.cat([v_r, v_e], 2)
+        out[f"{side}x{side}"] = {
+            "extra_dims_s": best(lambda: control.mutual_self_attention(q, k_r, v_r, k_e, v_e, obj)),
+            "bool_mask_s": best(lambda: bool_mask_attention(q, k_r, v_r, k_e, v_e, obj)),
+            "unmasked_2n_s": best(lambda: F.scaled_dot_product_attention(q, keys, values)),
+            "plain_n_s": best(lambda: F.scaled_dot_product_attention(q, k_e, v_e)),
+        }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--skip-whole", action="store_true", help="leave out the whole-UNet compile (the longest compile)")
+    p.add_argument("--tiny", action="store_true", help="the test models' widths (checks the script on a CPU)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    models = (tiny_bundle if args.tiny else random_bundle)(device, dtype)
+    info = machine()
+    h = args.size // 8
+    data: dict = {"machine": info, "frames": args.frames, "size": args.size, "steps": args.steps, "dtype": str(dtype)}
+    name = result_name("edit_speed_probe", info, device, args.frames, args.size) + ("_tiny" if args.tiny else "")
+
+    def save() -> None:
+        parts = ("machine", "edit", "edit_with_bool_mask", "unet_s_per_video", "sa2_attention")
+        rows = [(k, v) for k, v in data.items() if k not in parts]
+        for run in ("edit", "edit_with_bool_mask"):
+            for k, v in data.get(run, {}).get("phases", {}).items():
+                rows.append((f"{run} phase {k}: steps, s/step", f"{v['steps']}, {v['mean_step_s']:.4f}"))
+            for k in ("edit_s", "decode_s"):
+                if k in data.get(run, {}):
+                    rows.append((f"{run} {k}", f"{data[run][k]:.3f}"))
+        for k, v in data.get("unet_s_per_video", {}).items():
+            rows.append((f"UNet s/video {k}", f"{v:.4f}"))
+        for k, v in data.get("sa2_attention", {}).items():
+            rows.append((f"SA-II attention {k}: extra dims / bool mask / unmasked 2N / plain N (ms)",
+                         " / ".join(f"{1000 * x:.2f}" for x in v.values())))
+        write(name, data, rows, args.out)
+
+    per_video: dict[str, float] = {}
+    data["unet_s_per_video"] = per_video
+    for v in (1, 2, 3, 4):
+        per_video[f"eager b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+    save()
+    data["sa2_attention"] = masked_attention(device, dtype, args.frames, h, args.repeats)
+    save()
+
+    compile_blocks(models.unet)
+    for v in (1, 2, 3, 4):
+        per_video[f"regional b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+    save()
+    cfg = timed_config(args.steps, 1, args.frames, args.size)
+    vd = VideoDirector(models, cfg)
+    inv = synthetic_inversion(models, args.steps, args.frames, args.size)
+    data["edit"], latents = edit_by_phase(vd, inv)
+    save()
+    extra_dims, control.mutual_self_attention = control.mutual_self_attention, bool_mask_attention
+    try:
+        data["edit_with_bool_mask"], masked_latents = edit_by_phase(vd, inv)
+        data["bool_mask_max_abs_diff"] = float((masked_latents - latents).abs().max())
+        data["latents_max_abs"] = float(latents.abs().max())
+    finally:
+        control.mutual_self_attention = extra_dims
+    save()
+
+    spatial = [m for m in models.unet.modules() if type(m).__name__ == "Transformer2DModel"]
+    for m in spatial:
+        m.compile(dynamic=False)
+    for v in (2, 3, 4):
+        per_video[f"regional+spatial b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+    save()
+    if not args.skip_whole:
+        for m in models.unet.modules():
+            m._compiled_call_impl = None
+        models.unet.compile(dynamic=False)
+        per_video["whole b4"] = unet_per_video(models, 4, args.frames, h, args.repeats)
+        save()
+    print(Path(args.out or "benchmarks/results") / f"{name}.md")
+
+
+if __name__ == "__main__":
+    main()
