@@ -7,9 +7,10 @@ Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd.
    does, each step timed on its own (a synchronisation per step). Steps are grouped by what runs on them:
    SA-I + cross control on 3 branches, SA-II + cross control on 4, SA-II alone on 4. Beside each, the
    plain UNet forward at the same batch (no control): the difference is the control's cost.
-2. **The UNet's speed per video** at batches of 1-4 videos under each compilation: none (eager), the regional
-   compile (``model.compile``: resnets, feed-forwards, motion modules), the regional compile plus the spatial
-   transformers (``--spatial``, default processors), and the whole UNet as one graph (batch 4 only).
+2. **The UNet's speed per video** at batches of 1-4 videos under each compilation: none (eager), resnets,
+   feed-forwards and motion modules compiled (:data:`PROBE_BLOCKS`, what ``model.compile`` compiled when the
+   recorded run was made; part 1 runs with these too), plus the spatial ``Transformer2DModel`` s compiled whole
+   (default processors), and the whole UNet as one graph (batch 4 only).
 3. **SA-II's attention** at each resolution: the mask carried in extra head dimensions
    (``attention_hiding_keys``, what ``mutual_self_attention`` runs), the same with a boolean mask (the slower
    kernel it replaced), an unmasked call over the same ``2N`` keys and a plain call over ``N``.
@@ -39,6 +40,11 @@ from videodirector.diffusion.ddim import linspace_timesteps  # noqa: E402
 from videodirector.methods.base import Inversion  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
 from videodirector.models.compile import compile_blocks  # noqa: E402
+
+
+PROBE_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
+"""The blocks of ``model.compile`` before it took the transformer blocks too: the ``regional`` variant, so that the run in
+``edit_speed_probe_h200`` can be repeated (today's ``COMPILED_BLOCKS`` add ``BasicTransformerBlock``)."""
 
 
 def sync(device: torch.device) -> None:
@@ -184,7 +190,7 @@ def main() -> None:
     data["sa2_attention"] = masked_attention(device, dtype, args.frames, h, args.repeats)
     save()
 
-    compile_blocks(models.unet)
+    compile_blocks(models.unet, PROBE_BLOCKS)
     for v in (1, 2, 3, 4):
         per_video[f"regional b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
     save()

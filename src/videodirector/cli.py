@@ -371,8 +371,8 @@ FastOpt = typer.Option(None, "--fast-inversion", help=_d("none (faithful), negat
 GcOpt = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
                      help=_d("Less GPU memory for null-text.", "off"))
 CompileOpt = typer.Option(None, "--compile/--no-compile",
-                          help=_d("torch.compile the UNet's resnet, feed-forward and motion-module blocks (GPU; about "
-                                  "4 minutes once).", "off"))
+                          help=_d("torch.compile the UNet's resnet, feed-forward, transformer and motion-module blocks "
+                                  "(GPU; about 6 minutes once).", "off"))
 NullOpt = typer.Option(None, "--null-text", help=_d("multi_frame (paper), shared or none.", "multi_frame"))
 StdgOpt = typer.Option(None, "--stdg", help=_d("STDG coefficients eta_f,eta_b,zeta_f,zeta_b.", "0.5,0.5,0,0.5"))
 CacheOpt = typer.Option(None, "--cache-dir", help=_d("Inversion cache folder.", "~/.cache/videodirector/inversions"))

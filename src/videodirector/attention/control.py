@@ -171,6 +171,9 @@ HIDDEN_KEY_SCORE = -30000.0
 """What :func:`attention_hiding_keys` adds to a hidden key's score before the softmax scale: at any SD head width
 (``d`` <= 160, scale >= 0.079) it lowers the score by more than 2,300, so ``exp`` gives exactly 0 in float32 for
 any score the model can reach, as the official additive ``-inf`` bias does."""
+FLASH_MASK_MIN_TOKENS = 2048
+"""Tokens from which SA-II hides keys in extra dimensions on CUDA rather than with a boolean mask (measured faster at
+4,096 tokens, slower at 1,024 and 256; see :func:`mutual_self_attention`)."""
 EXTRA_DIMS = 8
 """Head dimensions added by :func:`attention_hiding_keys`: flash kernels take head sizes in multiples of 8."""
 
@@ -213,16 +216,18 @@ def mutual_self_attention(q_edit: Tensor, k_recon: Tensor, v_recon: Tensor, k_ed
     Reconstruction keys inside the object mask get no weight (the official code's additive
     ``-inf`` bias): edit queries read their own tokens and the source *background*.
 
-    On CUDA the mask rides in extra head dimensions (:func:`attention_hiding_keys`), which keeps the flash kernel:
-    at 64 x 64 tokens on an H200 a call took 5.3 ms against 7.5 ms with a boolean mask
-    (``benchmarks/edit_speed_probe.py``). On the CPU the boolean mask is faster (the math kernel takes it at no cost).
+    On CUDA, from :data:`FLASH_MASK_MIN_TOKENS` tokens on, the mask rides in extra head dimensions
+    (:func:`attention_hiding_keys`), which keeps the flash kernel. On one H200 (``benchmarks/edit_speed_probe.py``,
+    both edit branches) it took 5.3 ms against 7.5 ms with a boolean mask at 64 x 64 tokens, but 0.91 against 0.78 ms
+    at 32 x 32 and 0.29 against 0.23 ms at 16 x 16, where widening the tensors costs more than the kernel saves. On
+    the CPU the boolean mask is faster (the math kernel takes it at no cost).
 
     Args:
         q_edit, k_*, v_*: ``(F, heads, N, d)``.
         recon_object: ``(F, N)`` bool, True on the object.
     """
     hidden = torch.cat([recon_object, torch.zeros_like(recon_object)], dim=1)  # (F, 2N)
-    if q_edit.is_cuda:
+    if q_edit.is_cuda and q_edit.shape[2] >= FLASH_MASK_MIN_TOKENS:
         return attention_hiding_keys(q_edit, [k_recon, k_edit], [v_recon, v_edit], hidden)
     keys, values = torch.cat([k_recon, k_edit], dim=2), torch.cat([v_recon, v_edit], dim=2)
     return F.scaled_dot_product_attention(q_edit, keys, values, attn_mask=~hidden[:, None, None, :])

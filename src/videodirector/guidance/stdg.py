@@ -15,6 +15,7 @@ from torch import Tensor
 from ..attention.control import FeatureRecorder, key_feature
 from ..attention.processors import AttentionLayer
 from ..diffusion.static_graph import StaticGraph
+from ..models.compile import attention_blocks_eager
 
 
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -161,7 +162,9 @@ def stdg_guidance(
         unet_forward(z_ref, t, cond)
     ref = dict(ref)
     z = z_t.detach().requires_grad_(True)
-    with torch.enable_grad():
+    # the backward too runs the recorded blocks as the forward did: with gradient checkpointing it recomputes them,
+    # and a compiled block recomputing what an eager one saved fails checkpoint's metadata check
+    with torch.enable_grad(), attention_blocks_eager():
         with recorder.capture(tail_without_grad=not full_graph) as cur:
             eps = unet_forward(z, t, cond)
         loss = stdg_loss(ref, cur, masks_by_tokens, setup)
