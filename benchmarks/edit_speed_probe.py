@@ -12,8 +12,8 @@ Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd.
    recorded run was made; part 1 runs with these too), plus the spatial ``Transformer2DModel`` s compiled whole
    (default processors), and the whole UNet as one graph (batch 4 only).
 3. **SA-II's attention** at each resolution: the mask carried in extra head dimensions
-   (``attention_hiding_keys``, what ``mutual_self_attention`` runs), the same with a boolean mask (the slower
-   kernel it replaced), an unmasked call over the same ``2N`` keys and a plain call over ``N``.
+   (``attention_hiding_keys``, what ``mutual_self_attention`` runs on CUDA from 2,048 tokens), the same with a
+   boolean mask (what it runs below), an unmasked call over the same ``2N`` keys and a plain call over ``N``.
    The edit of part 1 also runs once with the boolean mask: ``edit_with_bool_mask``.
 
 Writes ``benchmarks/results/edit_speed_probe_<gpu>.{json,md}``.
@@ -139,8 +139,9 @@ def masked_attention(device: torch.device, dtype: torch.dtype, frames: int, h: i
             return min(ts)
 
         keys, values = torch.cat([k_r, k_e], 2), torch.cat([v_r, v_e], 2)
+        hidden = torch.cat([obj, torch.zeros_like(obj)], 1)
         out[f"{side}x{side}"] = {
-            "extra_dims_s": best(lambda: control.mutual_self_attention(q, k_r, v_r, k_e, v_e, obj)),
+            "extra_dims_s": best(lambda: control.attention_hiding_keys(q, [k_r, k_e], [v_r, v_e], hidden)),
             "bool_mask_s": best(lambda: bool_mask_attention(q, k_r, v_r, k_e, v_e, obj)),
             "unmasked_2n_s": best(lambda: F.scaled_dot_product_attention(q, keys, values)),
             "plain_n_s": best(lambda: F.scaled_dot_product_attention(q, k_e, v_e)),
