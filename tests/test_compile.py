@@ -105,8 +105,10 @@ def test_compiled_blocks_with_gradient_checkpointing_keep_the_stdg_gradient(tiny
 
     In float64: the random tiny model's STDG loss selects top-1 key frames, and float32 rounding flips some
     selections (|G32 - G64| exceeds |G| there), so float32 gives no usable yardstick. Float64 compiled and eager
-    run the same ATen ops; the yardstick is one float64 ulp of G, and the backward's summation order amplifies
-    it: measured |compiled - eager| = 7.4e-9 on |G| = 4.0e4, 820 ulps (eps: 0)."""
+    run the same ATen ops; the yardstick is one float64 ulp of G, which the backward's summation order can amplify:
+    measured |compiled - eager| = 0 with the transformer blocks compiled (1 and 2 threads), 7.4e-9 on |G| = 4.0e4
+    (820 ulps) with every block compiled; eps 0 in both. Only the transformer blocks are compiled here: they are
+    what checkpointing recomputes, and the test takes 11 s instead of 100."""
     cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 4, "model.gradient_checkpointing": True})
     m64 = float64_twin(load_models(cfg.model))
     vd = VideoDirector(m64, cfg)
@@ -116,7 +118,7 @@ def test_compiled_blocks_with_gradient_checkpointing_keep_the_stdg_gradient(tiny
     cond = m64.encode_prompt(["a red circle moving right"]).expand(16, -1, -1)
     eager = _guidance(vd, z, z_ref, cond, masks)
     torch._dynamo.reset()
-    compile_blocks(m64.unet, backend="aot_eager")
+    compile_blocks(m64.unet, ("BasicTransformerBlock",), backend="aot_eager")  # the blocks checkpointing recomputes
     got = _guidance(vd, z, z_ref, cond, masks)
     for name, a, b in zip(("G", "eps"), got, eager):
         assert_within_rounding(a, b, b, b, k=1e4, eps=EPS64, what=f"STDG {name}")
