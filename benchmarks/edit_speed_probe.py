@@ -13,8 +13,9 @@ Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd.
    (default processors), and the whole UNet as one graph (batch 4 only).
 3. **SA-II's attention** at each resolution: the mask carried in extra head dimensions
    (``attention_hiding_keys``, what ``mutual_self_attention`` runs on CUDA from 2,048 tokens), the same with a
-   boolean mask (what it runs below), an unmasked call over the same ``2N`` keys and a plain call over ``N``.
-   The edit of part 1 also runs once with the boolean mask: ``edit_with_bool_mask``.
+   boolean mask (``attention_masking_keys``, what it runs below), an unmasked call over the same ``2N`` keys and
+   a plain call over ``N``. The edit of part 1 also runs once with the boolean mask at every resolution:
+   ``edit_with_bool_mask``.
 
 Writes ``benchmarks/results/edit_speed_probe_<gpu>.{json,md}``.
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, result_name, synthetic_clip, timed_config, write  # noqa: E402
-from speed import SOURCE_PROMPT, TARGET_PROMPT, random_bundle, tiny_bundle  # noqa: E402
+from speed import SOURCE_PROMPT, TARGET_PROMPT, random_bundle, sync, tiny_bundle  # noqa: E402
 
 import videodirector.attention.control as control  # noqa: E402
 from videodirector.diffusion.ddim import linspace_timesteps  # noqa: E402
@@ -47,9 +48,17 @@ PROBE_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
 ``edit_speed_probe_h200`` can be repeated (today's ``COMPILED_BLOCKS`` add ``BasicTransformerBlock``)."""
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def best_of(fn, repeats: int) -> float:  # noqa: ANN001
+    """Seconds of the fastest of ``repeats`` calls of ``fn``, after two warm-up calls, each call synchronised."""
+    times = []
+    for i in range(repeats + 2):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def synthetic_inversion(models, steps: int, frames: int, size: int) -> Inversion:  # noqa: ANN001
@@ -72,29 +81,20 @@ def unet_per_video(models, videos: int, frames: int, h: int, repeats: int) -> fl
     """Seconds per video of one UNet forward at a batch of ``videos`` clips (best of ``repeats`` after two warm-ups)."""
     z = torch.randn(videos, 4, frames, h, h, device=models.device, dtype=models.dtype)
     emb = models.encode_prompt(["a"] * videos).repeat_interleave(frames, 0)
-    times = []
     with torch.no_grad():
-        for i in range(repeats + 2):
-            sync(models.device)
-            t0 = time.perf_counter()
-            models.eps(z, 500, emb)
-            sync(models.device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return min(times) / videos
+        return best_of(lambda: models.eps(z, 500, emb), repeats) / videos
 
 
 def edit_by_phase(vd: VideoDirector, inv: Inversion) -> tuple[dict, torch.Tensor]:
     """Per-step seconds of one edit (after a warm-up edit), grouped by batch layout and control; its latents."""
-    device = vd.models.device
     stamps: list[float] = []
 
     def progress(stage: str, i: int, n: int) -> None:
-        sync(device)
+        sync()
         stamps.append(time.perf_counter())
 
     vd.edit(inv, TARGET_PROMPT)  # warm-up: compiles the batch layouts
-    sync(device)
+    sync()
     t0 = time.perf_counter()
     res = vd.edit(inv, TARGET_PROMPT, progress=progress)
     step_s = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
@@ -109,13 +109,6 @@ def edit_by_phase(vd: VideoDirector, inv: Inversion) -> tuple[dict, torch.Tensor
                        for k, v in groups.items()}}, res.latents
 
 
-def bool_mask_attention(q_edit, k_recon, v_recon, k_edit, v_edit, recon_object):  # noqa: ANN001, ANN201
-    """SA-II as a boolean-masked ``scaled_dot_product_attention`` (the call ``attention_hiding_keys`` replaced)."""
-    keys, values = torch.cat([k_recon, k_edit], dim=2), torch.cat([v_recon, v_edit], dim=2)
-    allowed = torch.cat([~recon_object, torch.ones_like(recon_object)], dim=1)
-    return F.scaled_dot_product_attention(q_edit, keys, values, attn_mask=allowed[:, None, None, :])
-
-
 def masked_attention(device: torch.device, dtype: torch.dtype, frames: int, h: int, repeats: int) -> dict:
     """SA-II's call at each spatial resolution of SD 1.5 (heads 8, width 320/640/1280), two edit branches."""
     out = {}
@@ -126,25 +119,13 @@ def masked_attention(device: torch.device, dtype: torch.dtype, frames: int, h: i
                                  for _ in range(5))
         obj = torch.zeros(2 * frames, n, dtype=torch.bool, device=device)
         obj[:, : n // 4] = True
-
-        def best(fn) -> float:  # noqa: ANN001
-            ts = []
-            for i in range(repeats + 2):
-                sync(device)
-                t0 = time.perf_counter()
-                fn()
-                sync(device)
-                if i >= 2:
-                    ts.append(time.perf_counter() - t0)
-            return min(ts)
-
         keys, values = torch.cat([k_r, k_e], 2), torch.cat([v_r, v_e], 2)
         hidden = torch.cat([obj, torch.zeros_like(obj)], 1)
         out[f"{side}x{side}"] = {
-            "extra_dims_s": best(lambda: control.attention_hiding_keys(q, [k_r, k_e], [v_r, v_e], hidden)),
-            "bool_mask_s": best(lambda: bool_mask_attention(q, k_r, v_r, k_e, v_e, obj)),
-            "unmasked_2n_s": best(lambda: F.scaled_dot_product_attention(q, keys, values)),
-            "plain_n_s": best(lambda: F.scaled_dot_product_attention(q, k_e, v_e)),
+            "extra_dims_s": best_of(lambda: control.attention_hiding_keys(q, [k_r, k_e], [v_r, v_e], hidden), repeats),
+            "bool_mask_s": best_of(lambda: control.attention_masking_keys(q, [k_r, k_e], [v_r, v_e], hidden), repeats),
+            "unmasked_2n_s": best_of(lambda: F.scaled_dot_product_attention(q, keys, values), repeats),
+            "plain_n_s": best_of(lambda: F.scaled_dot_product_attention(q, k_e, v_e), repeats),
         }
     return out
 
@@ -200,13 +181,13 @@ def main() -> None:
     inv = synthetic_inversion(models, args.steps, args.frames, args.size)
     data["edit"], latents = edit_by_phase(vd, inv)
     save()
-    extra_dims, control.mutual_self_attention = control.mutual_self_attention, bool_mask_attention
+    from_tokens, control.FLASH_MASK_MIN_TOKENS = control.FLASH_MASK_MIN_TOKENS, sys.maxsize  # the boolean mask everywhere
     try:
         data["edit_with_bool_mask"], masked_latents = edit_by_phase(vd, inv)
         data["bool_mask_max_abs_diff"] = float((masked_latents - latents).abs().max())
         data["latents_max_abs"] = float(latents.abs().max())
     finally:
-        control.mutual_self_attention = extra_dims
+        control.FLASH_MASK_MIN_TOKENS = from_tokens
     save()
 
     spatial = [m for m in models.unet.modules() if type(m).__name__ == "Transformer2DModel"]

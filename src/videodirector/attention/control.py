@@ -209,6 +209,12 @@ def attention_hiding_keys(query: Tensor, keys: Sequence[Tensor], values: Sequenc
     return F.scaled_dot_product_attention(q, k, v, scale=d ** -0.5)[..., :d]
 
 
+def attention_masking_keys(query: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], hidden: Tensor) -> Tensor:
+    """:func:`attention_hiding_keys` with a boolean mask: the same function, the kernel that takes a mask."""
+    return F.scaled_dot_product_attention(query, torch.cat(list(keys), dim=2), torch.cat(list(values), dim=2),
+                                          attn_mask=~hidden[:, None, None, :])
+
+
 def mutual_self_attention(q_edit: Tensor, k_recon: Tensor, v_recon: Tensor, k_edit: Tensor, v_edit: Tensor,
                           recon_object: Tensor) -> Tensor:
     """SA-II (paper Eq. 6, second case): edit queries over ``[K_recon | K_edit]``, ``[V_recon | V_edit]``.
@@ -227,10 +233,9 @@ def mutual_self_attention(q_edit: Tensor, k_recon: Tensor, v_recon: Tensor, k_ed
         recon_object: ``(F, N)`` bool, True on the object.
     """
     hidden = torch.cat([recon_object, torch.zeros_like(recon_object)], dim=1)  # (F, 2N)
-    if q_edit.is_cuda and q_edit.shape[2] >= FLASH_MASK_MIN_TOKENS:
-        return attention_hiding_keys(q_edit, [k_recon, k_edit], [v_recon, v_edit], hidden)
-    keys, values = torch.cat([k_recon, k_edit], dim=2), torch.cat([v_recon, v_edit], dim=2)
-    return F.scaled_dot_product_attention(q_edit, keys, values, attn_mask=~hidden[:, None, None, :])
+    flash = q_edit.is_cuda and q_edit.shape[2] >= FLASH_MASK_MIN_TOKENS
+    attend = attention_hiding_keys if flash else attention_masking_keys
+    return attend(q_edit, [k_recon, k_edit], [v_recon, v_edit], hidden)
 
 
 class SelfControlProcessor(ControlProcessor):
