@@ -156,11 +156,12 @@ def _straightforward_cross(ctx, layer, mode, mapper, alphas, eq, q, k, v, scale)
 @pytest.mark.numerics
 def test_control_processors_equal_the_straightforward_path():
     """The processors attend each branch only as far as Eq. 6/7 need (the SA-II edit branches in one
-    masked call, explicit cross maps for the two cond branches only); outputs equal computing every
-    branch plainly and then replacing, at SA-I, SA-II and cross steps, in replace and refine modes."""
+    masked call, the cross control as attention over mixed values, or explicit maps for the two cond branches
+    where the local blend records them); outputs equal computing every branch plainly and then replacing, at
+    SA-I, SA-II and cross steps, in replace and refine modes."""
     from types import SimpleNamespace
 
-    from videodirector.attention.control import CrossControlProcessor
+    from videodirector.attention.control import CrossControlProcessor, LocalBlend
     from videodirector.attention.processors import AttentionLayer
 
     torch.manual_seed(0)
@@ -187,17 +188,22 @@ def test_control_processors_equal_the_straightforward_path():
     attn = SimpleNamespace(scale=d**-0.5)
     cross = AttentionLayer("up_blocks.3.attentions.0.transformer_blocks.0.attn2", "cross", "up_blocks.3", 9)
     mapper_replace = torch.eye(tokens)[torch.randperm(tokens)]
-    mapper_refine, alphas = torch.randperm(tokens), (torch.rand(tokens) > 0.5).float()
+    # refine: several target tokens may read one source column (repeats), new tokens have alpha 0
+    mapper_refine, alphas = torch.randint(tokens, (tokens,)), (torch.rand(tokens) > 0.5).float()
     eq = torch.ones(tokens)
     eq[2] = 2.0
     for mode, mapper in (("replace", mapper_replace), ("refine", mapper_refine)):
-        proc = CrossControlProcessor(cross, ctx, mode, mapper, alphas, eq)
-        for step in (0, 9):  # controlled, then past cross_steps
-            clock.step = step
-            ref = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q, kc, vc, attn.scale)
-            ref64 = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q64, kc.double(), vc.double(),
-                                           attn.scale)
-            assert_within_rounding(proc.attend(attn, q, kc, vc), ref, ref, ref64, k=20, what=f"cross, {mode}, {step}")
+        # without a blend the edited map is never formed (value mixing); with one it is, and recorded
+        for blend in (None, LocalBlend([1], [2], n, (4, 4))):
+            proc = CrossControlProcessor(cross, ctx, mode, mapper, alphas, eq, blend)
+            for step in (0, 9):  # controlled, then past cross_steps
+                clock.step = step
+                ref = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q, kc, vc, attn.scale)
+                ref64 = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q64, kc.double(), vc.double(),
+                                               attn.scale)
+                assert_within_rounding(proc.attend(attn, q, kc, vc), ref, ref, ref64, k=20,
+                                       what=f"cross, {mode}, {step}, blend {blend is not None}")
+            assert blend is None or blend.acc is not None
 
 
 def test_attention_backend_puts_its_kernel_first_only_inside_unet_forwards(tiny_models):

@@ -277,6 +277,11 @@ class CrossControlProcessor(ControlProcessor):
 
     Refine: ``A_e'[:, j] = e_j (a_j A_r[:, mapper_j] + (1 - a_j) A_e[:, j])``;
     replace: ``A_e' = e · (A_r @ M)``. Applied on ``cross_steps`` and ``cross_layers`` only.
+
+    Both are linear in the key columns, so the output ``A_e' V_e`` is computed without forming a map:
+    ``A_r (W V_e) + A_e (w ⊙ V_e)``, with ``W = M diag(e)`` and ``w = 0`` (replace), or
+    ``W[i, j] = a_j e_j [mapper_j = i]`` and ``w = e ⊙ (1 - a)`` (refine); each product is one fused attention
+    call (:meth:`mixing_matrices`). The maps are formed only where the local blend records them.
     """
 
     def __init__(self, layer: AttentionLayer, ctx: EditContext, mode: str, mapper: Tensor,
@@ -285,6 +290,21 @@ class CrossControlProcessor(ControlProcessor):
         self.ctx, self.mode = ctx, mode
         self.mapper, self.alphas, self.equalizer = mapper, alphas, equalizer
         self.blend = blend
+        self.base_mix, self.own_weight = self.mixing_matrices(mode, mapper, alphas, equalizer)
+        self._on_device: dict[tuple, tuple[Tensor, Tensor | None]] = {}
+
+    @staticmethod
+    def mixing_matrices(mode: str, mapper: Tensor, alphas: Tensor | None, equalizer: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(W, w)`` with ``A_e' V = A_r (W V) + A_e (w ⊙ V)`` for Eq. 7's edited map ``A_e'``
+        (``w`` None: no ``A_e`` term)."""
+        e = equalizer.double()
+        if mode == "replace":
+            return mapper.double() * e[None, :], None
+        a = alphas.double()
+        tokens = mapper.shape[0]
+        mix = torch.zeros(tokens, tokens, dtype=torch.float64)
+        mix[mapper, torch.arange(tokens)] = a * e  # column j: a_j e_j in row mapper_j (one entry per column)
+        return mix, e * (1 - a)
 
     @opaque_to_compiler
     def attend(self, attn, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # noqa: ANN001
@@ -293,9 +313,29 @@ class CrossControlProcessor(ControlProcessor):
         record = self.blend is not None and self.blend.wants(query.shape[2])
         if query.shape[0] != len(ctx.branches) * ctx.num_frames or not (control or record):
             return F.scaled_dot_product_attention(query, key, value)
-        # explicit maps for the two cond branches only; the uncond branches and recon-cond's output are plain
         f, e = ctx.num_frames, ctx.branches.index("edit_cond")
-        q, k = Branches.split(query, ctx.branches), Branches.split(key, ctx.branches)
+        q, k, v = (Branches.split(x, ctx.branches) for x in (query, key, value))
+        out = F.scaled_dot_product_attention(query, key, value)
+        if record:  # the maps themselves, for the two cond branches only
+            edited = self.edited_map(attn, q, k, control)
+            out[e * f : (e + 1) * f] = edited @ v["edit_cond"]
+            return out
+        v_edit = v["edit_cond"]
+        where = (v_edit.device, v_edit.dtype)
+        if where not in self._on_device:  # copied once, not at every call (a host-to-device copy waits for the host)
+            self._on_device[where] = (self.base_mix.to(v_edit), None if self.own_weight is None
+                                      else self.own_weight.to(v_edit)[:, None])
+        base_mix, own_weight = self._on_device[where]
+        edited_out = F.scaled_dot_product_attention(q["recon_cond"], k["recon_cond"], base_mix @ v_edit)
+        if own_weight is not None:
+            own = own_weight * v_edit
+            edited_out = edited_out + F.scaled_dot_product_attention(q["edit_cond"], k["edit_cond"], own)
+        out[e * f : (e + 1) * f] = edited_out
+        return out
+
+    def edited_map(self, attn, q: Branches, k: Branches, control: bool) -> Tensor:  # noqa: ANN001
+        """Eq. 7's ``A_e'`` formed explicitly (``A_e`` itself off the control's steps and layers), after recording
+        the maps for the local blend as prompt-to-prompt's store (which aliases the edited maps) sees them."""
         base = torch.softmax(q["recon_cond"] @ k["recon_cond"].transpose(-1, -2) * attn.scale, dim=-1)
         if control and self.mode == "replace":
             edit = (base @ self.mapper.to(base)) * self.equalizer.to(base)
@@ -304,11 +344,8 @@ class CrossControlProcessor(ControlProcessor):
             if control:
                 a = self.alphas.to(edit)
                 edit = (base[..., self.mapper.to(edit.device)] * a + edit * (1 - a)) * self.equalizer.to(edit)
-        if record:  # after the edit, as prompt-to-prompt's store (which aliases the edited maps) sees them
-            self.blend.record(base, edit)
-        out = F.scaled_dot_product_attention(query, key, value)
-        out[e * f : (e + 1) * f] = edit @ value[e * f : (e + 1) * f]
-        return out
+        self.blend.record(base, edit)
+        return edit
 
 
 class LocalBlend:
