@@ -1,25 +1,26 @@
 """Where the time of editing from a cached inversion goes, and how fast the UNet itself can go.
 
-Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd. Three parts:
+Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd. Parts (``--parts``):
 
-1. **The edit by phase**: the 50-step edit on a synthetic cached inversion (random latents, the
-   negative prompt's embedding as null-text, small random ``G_t``), regionally compiled as ``model.compile``
-   does, each step timed on its own (a synchronisation per step). Steps are grouped by what runs on them:
-   SA-I + cross control on 3 branches, SA-II + cross control on 4, SA-II alone on 4. Beside each, the
-   plain UNet forward at the same batch (no control): the difference is the control's cost.
-2. **The UNet's speed per video** at batches of 1-4 videos under each compilation: none (eager), resnets,
-   feed-forwards and motion modules compiled (:data:`PROBE_BLOCKS`, what ``model.compile`` compiled when the
-   recorded run was made; part 1 runs with these too), plus the spatial ``Transformer2DModel`` s compiled whole
-   (default processors), and the whole UNet as one graph (batch 4 only).
-3. **SA-II's attention** at each resolution: the mask carried in extra head dimensions
-   (``attention_hiding_keys``, what ``mutual_self_attention`` runs on CUDA from 2,048 tokens), the same with a
-   boolean mask (``attention_masking_keys``, what it runs below), an unmasked call over the same ``2N`` keys and
-   a plain call over ``N``. The edit of part 1 also runs once with the boolean mask at every resolution:
-   ``edit_with_bool_mask``.
+* ``edit``: the 50-step edit on a synthetic cached inversion (random latents, the negative prompt's embedding
+  as null-text, small random ``G_t``), compiled as ``model.compile`` does, each step timed on its own (a
+  synchronisation per step). Steps are grouped by what runs on them: SA-I + cross control on 3 branches,
+  SA-II + cross control on 4, SA-II alone on 4. The same edit runs twice more: with the cross-attention
+  maps formed (``CrossControlProcessor.form_maps``, Eq. 7 as written) and with SA-II's boolean mask at every
+  resolution (``edit_with_maps``, ``edit_with_bool_mask``); the latents' largest difference is reported.
+  Beside them, the plain UNet forward at 3 and 4 clips (no control) under the same compile: the difference
+  is the control's cost (``unet_s_per_video`` ``compiled b3/b4``).
+* ``scopes``: the UNet's seconds per video at batches of 1-4 clips under each compilation: none (eager),
+  resnets, feed-forwards and motion modules (:data:`PROBE_BLOCKS`), plus the spatial ``Transformer2DModel`` s
+  compiled whole (default processors), and the whole UNet as one graph (batch 4 only; ``--skip-whole``).
+* ``sa2``: SA-II's attention at each resolution: the mask carried in extra head dimensions
+  (``attention_hiding_keys``, what ``mutual_self_attention`` runs on CUDA from 2,048 tokens), the same with a
+  boolean mask (``attention_masking_keys``, what it runs below), an unmasked call over the same ``2N`` keys and
+  a plain call over ``N``.
 
 Writes ``benchmarks/results/edit_speed_probe_<gpu>.{json,md}``.
 
-    python benchmarks/edit_speed_probe.py [--skip-whole] [--repeats 10]
+    python benchmarks/edit_speed_probe.py [--parts edit,scopes,sa2] [--skip-whole] [--repeats 10]
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ import videodirector.attention.control as control  # noqa: E402
 from videodirector.diffusion.ddim import linspace_timesteps  # noqa: E402
 from videodirector.methods.base import Inversion  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
-from videodirector.models.compile import compile_blocks  # noqa: E402
+from videodirector.models.compile import compile_blocks, eager  # noqa: E402
 
 
 PROBE_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
-"""The blocks of ``model.compile`` before it took the transformer blocks too: the ``regional`` variant, so that the run in
-``edit_speed_probe_h200`` can be repeated (today's ``COMPILED_BLOCKS`` add ``BasicTransformerBlock``)."""
+"""The blocks of ``model.compile`` before it took the transformer blocks too: the ``scopes`` part's ``regional``
+variant (today's ``COMPILED_BLOCKS`` add ``BasicTransformerBlock``)."""
+PARTS = ("edit", "scopes", "sa2")
 
 
 def best_of(fn, repeats: int) -> float:  # noqa: ANN001
@@ -136,10 +138,14 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     p.add_argument("--skip-whole", action="store_true", help="leave out the whole-UNet compile (the longest compile)")
     p.add_argument("--tiny", action="store_true", help="the test models' widths (checks the script on a CPU)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    parts = args.parts.split(",")
+    if unknown := sorted(set(parts) - set(PARTS)):
+        p.error(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     models = (tiny_bundle if args.tiny else random_bundle)(device, dtype)
@@ -149,9 +155,9 @@ def main() -> None:
     name = result_name("edit_speed_probe", info, device, args.frames, args.size) + ("_tiny" if args.tiny else "")
 
     def save() -> None:
-        parts = ("machine", "edit", "edit_with_bool_mask", "unet_s_per_video", "sa2_attention")
-        rows = [(k, v) for k, v in data.items() if k not in parts]
-        for run in ("edit", "edit_with_bool_mask"):
+        runs = ("edit", "edit_with_maps", "edit_with_bool_mask")
+        rows = [(k, v) for k, v in data.items() if k not in ("machine", *runs, "unet_s_per_video", "sa2_attention")]
+        for run in runs:
             for k, v in data.get(run, {}).get("phases", {}).items():
                 rows.append((f"{run} phase {k}: steps, s/step", f"{v['steps']}, {v['mean_step_s']:.4f}"))
             for k in ("edit_s", "decode_s"):
@@ -166,42 +172,56 @@ def main() -> None:
 
     per_video: dict[str, float] = {}
     data["unet_s_per_video"] = per_video
-    for v in (1, 2, 3, 4):
-        per_video[f"eager b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
-    save()
-    data["sa2_attention"] = masked_attention(device, dtype, args.frames, h, args.repeats)
-    save()
-
-    compile_blocks(models.unet, PROBE_BLOCKS)
-    for v in (1, 2, 3, 4):
-        per_video[f"regional b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
-    save()
-    cfg = timed_config(args.steps, 1, args.frames, args.size)
-    vd = VideoDirector(models, cfg)
-    inv = synthetic_inversion(models, args.steps, args.frames, args.size)
-    data["edit"], latents = edit_by_phase(vd, inv)
-    save()
-    from_tokens, control.FLASH_MASK_MIN_TOKENS = control.FLASH_MASK_MIN_TOKENS, sys.maxsize  # the boolean mask everywhere
-    try:
-        data["edit_with_bool_mask"], masked_latents = edit_by_phase(vd, inv)
-        data["bool_mask_max_abs_diff"] = float((masked_latents - latents).abs().max())
-        data["latents_max_abs"] = float(latents.abs().max())
-    finally:
-        control.FLASH_MASK_MIN_TOKENS = from_tokens
-    save()
-
-    spatial = [m for m in models.unet.modules() if type(m).__name__ == "Transformer2DModel"]
-    for m in spatial:
-        m.compile(dynamic=False)
-    for v in (2, 3, 4):
-        per_video[f"regional+spatial b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
-    save()
-    if not args.skip_whole:
-        for m in models.unet.modules():
-            m._compiled_call_impl = None
-        models.unet.compile(dynamic=False)
-        per_video["whole b4"] = unet_per_video(models, 4, args.frames, h, args.repeats)
+    if "edit" in parts:
+        compile_blocks(models.unet)  # what model.compile does
+        for v in (3, 4):
+            per_video[f"compiled b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+        cfg = timed_config(args.steps, 1, args.frames, args.size)
+        vd = VideoDirector(models, cfg)
+        inv = synthetic_inversion(models, args.steps, args.frames, args.size)
+        data["edit"], latents = edit_by_phase(vd, inv)
         save()
+        control.CrossControlProcessor.form_maps = True
+        try:
+            data["edit_with_maps"], other = edit_by_phase(vd, inv)
+            data["maps_max_abs_diff"] = float((other - latents).abs().max())
+        finally:
+            control.CrossControlProcessor.form_maps = False
+        save()
+        from_tokens, control.FLASH_MASK_MIN_TOKENS = control.FLASH_MASK_MIN_TOKENS, sys.maxsize  # the boolean mask everywhere
+        try:
+            data["edit_with_bool_mask"], other = edit_by_phase(vd, inv)
+            data["bool_mask_max_abs_diff"] = float((other - latents).abs().max())
+        finally:
+            control.FLASH_MASK_MIN_TOKENS = from_tokens
+        data["latents_max_abs"] = float(latents.abs().max())
+        save()
+    if "sa2" in parts:
+        data["sa2_attention"] = masked_attention(device, dtype, args.frames, h, args.repeats)
+        save()
+    if "scopes" in parts:
+        for m in models.unet.modules():  # undo the edit part's compile
+            m._compiled_call_impl = None
+        with eager():
+            for v in (1, 2, 3, 4):
+                per_video[f"eager b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+        save()
+        compile_blocks(models.unet, PROBE_BLOCKS)
+        for v in (1, 2, 3, 4):
+            per_video[f"regional b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+        save()
+        spatial = [m for m in models.unet.modules() if type(m).__name__ == "Transformer2DModel"]
+        for m in spatial:
+            m.compile(dynamic=False)
+        for v in (2, 3, 4):
+            per_video[f"regional+spatial b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+        save()
+        if not args.skip_whole:
+            for m in models.unet.modules():
+                m._compiled_call_impl = None
+            models.unet.compile(dynamic=False)
+            per_video["whole b4"] = unet_per_video(models, 4, args.frames, h, args.repeats)
+            save()
     print(Path(args.out or "benchmarks/results") / f"{name}.md")
 
 

@@ -194,15 +194,16 @@ def test_control_processors_equal_the_straightforward_path():
     eq[2] = 2.0
     for mode, mapper in (("replace", mapper_replace), ("refine", mapper_refine)):
         # without a blend the edited map is never formed (value mixing); with one it is, and recorded
-        for blend in (None, LocalBlend([1], [2], n, (4, 4))):
+        for blend, form_maps in ((None, False), (None, True), (LocalBlend([1], [2], n, (4, 4)), False)):
             proc = CrossControlProcessor(cross, ctx, mode, mapper, alphas, eq, blend)
+            proc.form_maps = form_maps
             for step in (0, 9):  # controlled, then past cross_steps
                 clock.step = step
                 ref = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q, kc, vc, attn.scale)
                 ref64 = _straightforward_cross(ctx, cross, mode, mapper, alphas, eq, q64, kc.double(), vc.double(),
                                                attn.scale)
                 assert_within_rounding(proc.attend(attn, q, kc, vc), ref, ref, ref64, k=20,
-                                       what=f"cross, {mode}, {step}, blend {blend is not None}")
+                                       what=f"cross, {mode}, {step}, blend {blend is not None}, maps {form_maps}")
             assert blend is None or blend.acc is not None
 
 

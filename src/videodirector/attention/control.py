@@ -281,8 +281,11 @@ class CrossControlProcessor(ControlProcessor):
     Both are linear in the key columns, so the output ``A_e' V_e`` is computed without forming a map:
     ``A_r (W V_e) + A_e (w ⊙ V_e)``, with ``W = M diag(e)`` and ``w = 0`` (replace), or
     ``W[i, j] = a_j e_j [mapper_j = i]`` and ``w = e ⊙ (1 - a)`` (refine); each product is one fused attention
-    call (:meth:`mixing_matrices`). The maps are formed only where the local blend records them.
+    call (:meth:`mixing_matrices`). The maps are formed only where the local blend records them, or everywhere
+    with :attr:`form_maps` (the equation as written; ``benchmarks/edit_speed_probe.py`` times both).
     """
+
+    form_maps: bool = False
 
     def __init__(self, layer: AttentionLayer, ctx: EditContext, mode: str, mapper: Tensor,
                  alphas: Tensor | None, equalizer: Tensor, blend: "LocalBlend | None" = None) -> None:
@@ -316,8 +319,8 @@ class CrossControlProcessor(ControlProcessor):
         f, e = ctx.num_frames, ctx.branches.index("edit_cond")
         q, k, v = (Branches.split(x, ctx.branches) for x in (query, key, value))
         out = F.scaled_dot_product_attention(query, key, value)
-        if record:  # the maps themselves, for the two cond branches only
-            edited = self.edited_map(attn, q, k, control)
+        if record or self.form_maps:  # the maps themselves, for the two cond branches only
+            edited = self.edited_map(attn, q, k, control, record)
             out[e * f : (e + 1) * f] = edited @ v["edit_cond"]
             return out
         v_edit = v["edit_cond"]
@@ -333,9 +336,9 @@ class CrossControlProcessor(ControlProcessor):
         out[e * f : (e + 1) * f] = edited_out
         return out
 
-    def edited_map(self, attn, q: Branches, k: Branches, control: bool) -> Tensor:  # noqa: ANN001
-        """Eq. 7's ``A_e'`` formed explicitly (``A_e`` itself off the control's steps and layers), after recording
-        the maps for the local blend as prompt-to-prompt's store (which aliases the edited maps) sees them."""
+    def edited_map(self, attn, q: Branches, k: Branches, control: bool, record: bool) -> Tensor:  # noqa: ANN001
+        """Eq. 7's ``A_e'`` formed explicitly (``A_e`` itself off the control's steps and layers); with ``record``, the
+        maps go to the local blend as prompt-to-prompt's store (which aliases the edited maps) sees them."""
         base = torch.softmax(q["recon_cond"] @ k["recon_cond"].transpose(-1, -2) * attn.scale, dim=-1)
         if control and self.mode == "replace":
             edit = (base @ self.mapper.to(base)) * self.equalizer.to(base)
@@ -344,7 +347,8 @@ class CrossControlProcessor(ControlProcessor):
             if control:
                 a = self.alphas.to(edit)
                 edit = (base[..., self.mapper.to(edit.device)] * a + edit * (1 - a)) * self.equalizer.to(edit)
-        self.blend.record(base, edit)
+        if record:
+            self.blend.record(base, edit)
         return edit
 
 
