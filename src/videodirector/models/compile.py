@@ -18,8 +18,8 @@ recompiles until PyTorch gives up and runs eagerly (measured on the tiny model w
   Its attention is never controlled in stage 2; in STDG's recording forwards, which read attention
   maps and keys, the blocks with attention run eagerly and the others compiled (:func:`attention_blocks_eager`).
 
-On one H200 (16 x 512^2, bf16, ``benchmarks/edit_speed_probe.py``, default processors) a UNet forward of four
-clips took 0.0737 s a clip eager, 0.0584 with resnets, feed-forwards and motion modules compiled, and 0.0517
+On one H200 (16 x 512^2, bf16, ``benchmarks/edit_speed_probe.py --parts scopes``, default processors) a UNet forward
+of four clips took 0.0737 s a clip eager, 0.0584 with resnets, feed-forwards and motion modules compiled, and 0.0517
 with the spatial ``Transformer2DModel`` s compiled too, as fast as the whole UNet as one graph (0.0517).
 
 Shapes are static (``dynamic=False``): each block configuration compiles once per batch layout
