@@ -1,5 +1,5 @@
-"""Helpers for benchmark scripts: machine description, result names, JSON + markdown output, and memory
-measurement (a peak meter and a per-stage tracker for a VideoDirector run)."""
+"""Helpers for benchmark scripts: machine description, the GPU's slowdown counters, result names, JSON + markdown
+output, and memory measurement (a peak meter and a per-stage tracker for a VideoDirector run)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import platform
 import re
 import resource
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +36,52 @@ def machine() -> dict[str, Any]:
         info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / GB, 1)
         info["cuda"] = torch.version.cuda
     return info
+
+
+SLOWDOWN_REASONS = {"SW Power Capping": "sw_power_cap", "SW Thermal Slowdown": "sw_thermal",
+                    "HW Thermal Slowdown": "hw_thermal", "HW Power Braking": "hw_power_brake", "Sync Boost": "sync_boost"}
+"""The counters of ``nvidia-smi -q -d PERFORMANCE`` ("Clocks Event Reasons Counters"), by the key this module reports."""
+
+
+def parse_slowdown_counters(text: str) -> dict[str, float]:
+    """Seconds per slowdown reason from ``nvidia-smi -q -d PERFORMANCE`` output (counters in microseconds since the
+    driver loaded), keyed as :data:`SLOWDOWN_REASONS`; reasons the driver does not count are left out."""
+    found = {}
+    for label, key in SLOWDOWN_REASONS.items():
+        m = re.search(rf"^\s*{re.escape(label)}\s*:\s*(\d+)\s*us\s*$", text, flags=re.MULTILINE)
+        if m:
+            found[key] = int(m.group(1)) / 1e6
+    return found
+
+
+def slowdown_counters() -> dict[str, float] | None:
+    """:func:`parse_slowdown_counters` of the GPU torch uses as ``cuda:0`` (by UUID), or None without CUDA, without
+    ``nvidia-smi`` or when it fails."""
+    if not torch.cuda.is_available() or shutil.which("nvidia-smi") is None:
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None)
+    which = ["-i", f"GPU-{uuid}"] if uuid is not None else []
+    try:
+        text = subprocess.run(["nvidia-smi", "-q", "-d", "PERFORMANCE", *which], capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_slowdown_counters(text) or None
+
+
+class SlowdownWatch:
+    """How long the GPU ran slowed down (power cap, thermal, ...) since the watch started, per reason: a timing
+    taken while the card was power-capped measures the card's state as much as the code.
+    :meth:`since` is None where the counters cannot be read (CPU, no ``nvidia-smi``)."""
+
+    def __init__(self) -> None:
+        self.start = slowdown_counters()
+
+    def since(self) -> dict[str, float] | None:
+        now = slowdown_counters() if self.start is not None else None
+        if now is None:
+            return None
+        return {k: round(v - self.start.get(k, 0.0), 3) for k, v in now.items()}
 
 
 NEVER_STOP_EARLY = {"inversion.early_stop_epsilon": -1.0, "inversion.early_stop_slope": 0.0}

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, result_name, synthetic_clip, timed_config, write  # noqa: E402
+from _common import SlowdownWatch, machine, result_name, synthetic_clip, timed_config, write  # noqa: E402
 from speed import SOURCE_PROMPT, TARGET_PROMPT, random_bundle, sync, tiny_bundle  # noqa: E402
 
 import videodirector.attention.control as control  # noqa: E402
@@ -154,7 +154,10 @@ def main() -> None:
     data: dict = {"machine": info, "frames": args.frames, "size": args.size, "steps": args.steps, "dtype": str(dtype)}
     name = result_name("edit_speed_probe", info, device, args.frames, args.size) + ("_tiny" if args.tiny else "")
 
+    slowdown = SlowdownWatch()
+
     def save() -> None:
+        data["gpu_slowdown_s"] = slowdown.since()
         runs = ("edit", "edit_with_maps", "edit_with_bool_mask")
         rows = [(k, v) for k, v in data.items() if k not in ("machine", *runs, "unet_s_per_video", "sa2_attention")]
         for run in runs:

@@ -81,8 +81,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
-    GB, RESULTS, MemoryMeter, StageTracker, fmt, gpu_slug, machine, max_rss_bytes, synthetic_clip, timed_config,
-    track_videodirector, write,
+    GB, RESULTS, MemoryMeter, SlowdownWatch, StageTracker, fmt, gpu_slug, machine, max_rss_bytes, synthetic_clip,
+    timed_config, track_videodirector, write,
 )
 
 from videodirector.config import apply_overrides  # noqa: E402
@@ -470,10 +470,14 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
     frames, masks = synthetic_clip(args.frames, args.size)
     meter = MemoryMeter(device)
     data["memory_measure"] = meter.kind
+    # seconds the card ran power-capped or thermally slowed during this invocation (None: not readable here)
+    slowdown = SlowdownWatch()
+    slowdown_key = "gpu_slowdown_s" + ("_reference" if args.only_reference else "_peer" if args.only_peer else "")
     short = {"inversion.num_steps": args.warmup_steps, "inversion.null_inner_steps": 1}
 
     def save() -> None:  # after each part, so a run cut short still leaves its numbers
         add_ratios(data)
+        data[slowdown_key] = slowdown.since()
         counterpart = args.out / (name[: -len("_eager")] if name.endswith("_eager") else name + "_eager")
         if not args.name and counterpart.with_suffix(".json").is_file():
             c = json.loads(counterpart.with_suffix(".json").read_text())
@@ -599,7 +603,7 @@ def main() -> None:  # noqa: C901, PLR0912, PLR0915
     save()
     rows = [(k, v) for k, v in table(data)
             if k in HEADLINE or k.startswith(("stage peak", "peer stage peak", "skipped", "eager_", "graph_", "wall_s", "compile_s",
-                                              "peer_state_changes"))]
+                                              "gpu_slowdown", "peer_state_changes"))]
     print(f"\n{path}\n" + "\n".join(f"  {k:<36} {v}" for k, v in rows), flush=True)
 
 

@@ -60,6 +60,7 @@ def test_speed_smoke_runs_ours_and_the_peer(speed_smoke: tuple[Path, dict]) -> N
     assert all(_finite(v) and v > 0 for v in stages.values())
     assert max(stages.values()) <= data["peak_gb"] + 1e-9
     assert _finite(data["null_text_iteration_s"]) and "skipped" not in data
+    assert "gpu_slowdown_s" in data and data["gpu_slowdown_s"] is None  # no GPU counters on the CPU
     assert (out / "smoke.md").read_text().startswith("# smoke")
 
 
@@ -163,6 +164,40 @@ def test_gpu_slug(bench) -> None:  # noqa: ANN001
     assert slug({"gpu": "NVIDIA A100-SXM4-80GB"}) == "a100"
     assert slug({"gpu": "NVIDIA GeForce RTX 4090"}) == "rtx4090"
     assert slug({}) == "cpu"
+
+
+NVIDIA_SMI_PERFORMANCE = """
+==============NVSMI LOG==============
+
+Attached GPUs                                          : 1
+GPU 00000000:00:06.0
+    Performance State                                  : P0
+    Clocks Event Reasons
+        Idle                                           : Active
+        SW Power Cap                                   : Not Active
+        HW Slowdown                                    : Not Active
+    Clocks Event Reasons Counters
+        SW Power Capping                               : 174995311 us
+        Sync Boost                                     : 0 us
+        SW Thermal Slowdown                            : 0 us
+        HW Thermal Slowdown                            : 12 us
+        HW Power Braking                               : 0 us
+    Sparse Operation Mode                              : Disabled
+"""
+
+
+def test_slowdown_counters_are_read_from_nvidia_smi_and_absent_without_it(bench, monkeypatch) -> None:  # noqa: ANN001
+    """A timing taken while the card was power-capped says so: the counters come in seconds per reason (the
+    "Clocks Event Reasons" lines, which say Active / Not Active, are not counters), and a machine without
+    ``nvidia-smi`` or CUDA reports None instead of failing the benchmark."""
+    common = bench[0]
+    got = common.parse_slowdown_counters(NVIDIA_SMI_PERFORMANCE)
+    assert got == {"sw_power_cap": 174.995311, "sw_thermal": 0.0, "hw_thermal": 1.2e-05, "hw_power_brake": 0.0,
+                   "sync_boost": 0.0}
+    assert common.parse_slowdown_counters("No devices were found") == {}
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    watch = common.SlowdownWatch()
+    assert watch.start is None and watch.since() is None
 
 
 def test_history_replay_finds_the_live_set_at_the_peak(bench) -> None:  # noqa: ANN001
