@@ -47,10 +47,10 @@ def parse_slowdown_counters(text: str) -> dict[str, float]:
     """Seconds per slowdown reason from ``nvidia-smi -q -d PERFORMANCE`` output (counters in microseconds since the
     driver loaded), keyed as :data:`SLOWDOWN_REASONS`; reasons the driver does not count are left out."""
     found = {}
-    for label, key in SLOWDOWN_REASONS.items():
-        m = re.search(rf"^\s*{re.escape(label)}\s*:\s*(\d+)\s*us\s*$", text, flags=re.MULTILINE)
+    for label, key in SLOWDOWN_REASONS.items():  # "Active" / "Not Active" lines of the same labels are not counters
+        m = re.search(rf"^\s*{re.escape(label)}\s*:\s*([\d,]+)\s*(?:us|µs)\s*$", text, flags=re.MULTILINE)
         if m:
-            found[key] = int(m.group(1)) / 1e6
+            found[key] = int(m.group(1).replace(",", "")) / 1e6
     return found
 
 

@@ -7,7 +7,8 @@ Full-size random-weight models (as ``speed.py``), bf16, 16 x 512^2, no autograd.
   synchronisation per step). Steps are grouped by what runs on them: SA-I + cross control on 3 branches,
   SA-II + cross control on 4, SA-II alone on 4. The same edit runs twice more: with the cross-attention
   maps formed (``CrossControlProcessor.form_maps``, Eq. 7 as written) and with SA-II's boolean mask at every
-  resolution (``edit_with_maps``, ``edit_with_bool_mask``); the latents' largest difference is reported.
+  resolution (``edit_with_maps``, ``edit_with_bool_mask``); the latents' largest difference is reported, and each
+  arm's own ``gpu_slowdown_s`` (seconds the card was power-capped while that arm ran).
   Beside them, the plain UNet forward at 3 and 4 clips (no control) under the same compile: the difference
   is the control's cost (``unet_s_per_video`` ``compiled b3/b4``).
 * ``scopes``: the UNet's seconds per video at batches of 1-4 clips under each compilation: none (eager),
@@ -97,6 +98,7 @@ def edit_by_phase(vd: VideoDirector, inv: Inversion) -> tuple[dict, torch.Tensor
 
     vd.edit(inv, TARGET_PROMPT)  # warm-up: compiles the batch layouts
     sync()
+    slowdown = SlowdownWatch()  # per arm: an A/B on a power-capped card says which arm was capped
     t0 = time.perf_counter()
     res = vd.edit(inv, TARGET_PROMPT, progress=progress)
     step_s = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
@@ -107,6 +109,7 @@ def edit_by_phase(vd: VideoDirector, inv: Inversion) -> tuple[dict, torch.Tensor
         key = ("sa1" if i in sa1 else "sa2" if i in sa2 else "none") + ("+cross" if i in cross else "")
         groups.setdefault(key, []).append(s)
     return {"edit_s": res.timings["edit_s"], "decode_s": res.timings["decode_s"], "step_s": step_s,
+            "gpu_slowdown_s": slowdown.since(),
             "phases": {k: {"steps": len(v), "mean_step_s": sum(v) / len(v), "total_s": sum(v)}
                        for k, v in groups.items()}}, res.latents
 
@@ -166,6 +169,8 @@ def main() -> None:
             for k in ("edit_s", "decode_s"):
                 if k in data.get(run, {}):
                     rows.append((f"{run} {k}", f"{data[run][k]:.3f}"))
+            if run in data:
+                rows.append((f"{run} gpu_slowdown_s", data[run].get("gpu_slowdown_s")))
         for k, v in data.get("unet_s_per_video", {}).items():
             rows.append((f"UNet s/video {k}", f"{v:.4f}"))
         for k, v in data.get("sa2_attention", {}).items():
@@ -184,12 +189,12 @@ def main() -> None:
         inv = synthetic_inversion(models, args.steps, args.frames, args.size)
         data["edit"], latents = edit_by_phase(vd, inv)
         save()
-        control.CrossControlProcessor.form_maps = True
+        before, control.CrossControlProcessor.form_maps = control.CrossControlProcessor.form_maps, True
         try:
             data["edit_with_maps"], other = edit_by_phase(vd, inv)
             data["maps_max_abs_diff"] = float((other - latents).abs().max())
         finally:
-            control.CrossControlProcessor.form_maps = False
+            control.CrossControlProcessor.form_maps = before
         save()
         from_tokens, control.FLASH_MASK_MIN_TOKENS = control.FLASH_MASK_MIN_TOKENS, sys.maxsize  # the boolean mask everywhere
         try:

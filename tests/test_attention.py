@@ -190,8 +190,7 @@ def test_control_processors_equal_the_straightforward_path():
     mapper_replace = torch.eye(tokens)[torch.randperm(tokens)]
     # refine: several target tokens may read one source column (repeats), new tokens have alpha 0
     mapper_refine, alphas = torch.randint(tokens, (tokens,)), (torch.rand(tokens) > 0.5).float()
-    eq = torch.ones(tokens)
-    eq[2] = 2.0
+    eq = torch.rand(tokens) + 0.5  # reweights every token, aligned (alpha 1) and new (alpha 0) alike
     for mode, mapper in (("replace", mapper_replace), ("refine", mapper_refine)):
         # without a blend the edited map is never formed (value mixing); with one it is, and recorded
         for blend, form_maps in ((None, False), (None, True), (LocalBlend([1], [2], n, (4, 4)), False)):

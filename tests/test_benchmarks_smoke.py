@@ -176,6 +176,10 @@ GPU 00000000:00:06.0
         Idle                                           : Active
         SW Power Cap                                   : Not Active
         HW Slowdown                                    : Not Active
+            HW Thermal Slowdown                        : Not Active
+            HW Power Brake Slowdown                    : Not Active
+        Sync Boost                                     : Not Active
+        SW Thermal Slowdown                            : Not Active
     Clocks Event Reasons Counters
         SW Power Capping                               : 174995311 us
         Sync Boost                                     : 0 us
@@ -195,6 +199,20 @@ def test_slowdown_counters_are_read_from_nvidia_smi_and_absent_without_it(bench,
     assert got == {"sw_power_cap": 174.995311, "sw_thermal": 0.0, "hw_thermal": 1.2e-05, "hw_power_brake": 0.0,
                    "sync_boost": 0.0}
     assert common.parse_slowdown_counters("No devices were found") == {}
+    # some drivers group digits and print the micro sign
+    assert common.parse_slowdown_counters("        SW Power Capping : 4,007,672,629 µs") == {"sw_power_cap": 4007.672629}
+
+    # on CUDA the GPU torch calls cuda:0 is asked for by its UUID; the watch reports the difference since it started
+    calls, texts = [], [NVIDIA_SMI_PERFORMANCE, NVIDIA_SMI_PERFORMANCE.replace("174995311 us", "184995311 us")]
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(common.torch.cuda, "get_device_properties", lambda i: type("P", (), {"uuid": "ab-12"})())
+    monkeypatch.setattr(common.shutil, "which", lambda name: "/bin/nvidia-smi")
+    monkeypatch.setattr(common.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or type("R", (), {"stdout": texts[len(calls) - 1]})())
+    watch = common.SlowdownWatch()
+    assert watch.since() == {"sw_power_cap": 10.0, "sw_thermal": 0.0, "hw_thermal": 0.0, "hw_power_brake": 0.0,
+                             "sync_boost": 0.0}
+    assert calls[0] == ["nvidia-smi", "-q", "-d", "PERFORMANCE", "-i", "GPU-ab-12"]
     monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
     watch = common.SlowdownWatch()
     assert watch.start is None and watch.since() is None

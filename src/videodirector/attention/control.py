@@ -281,8 +281,9 @@ class CrossControlProcessor(ControlProcessor):
     Both are linear in the key columns, so the output ``A_e' V_e`` is computed without forming a map:
     ``A_r (W V_e) + A_e (w ⊙ V_e)``, with ``W = M diag(e)`` and ``w = 0`` (replace), or
     ``W[i, j] = a_j e_j [mapper_j = i]`` and ``w = e ⊙ (1 - a)`` (refine); each product is one fused attention
-    call (:meth:`mixing_matrices`). The maps are formed only where the local blend records them, or everywhere
-    with :attr:`form_maps` (the equation as written; ``benchmarks/edit_speed_probe.py`` times both: on one H200 the
+    call (:meth:`mixing_matrices`). The maps are formed only where the local blend records them (the output still
+    comes from the mixed values, so a blend changes no arithmetic), or everywhere with :attr:`form_maps`, which
+    also takes the output from them (the equation as written; ``benchmarks/edit_speed_probe.py`` times both: on one H200 the
     full-size 50-step edit took 10.74 s with value mixing against 11.51 s with the maps formed).
     """
 
@@ -322,7 +323,10 @@ class CrossControlProcessor(ControlProcessor):
         out = F.scaled_dot_product_attention(query, key, value)
         if record or self.form_maps:  # the maps themselves, for the two cond branches only
             edited = self.edited_map(attn, q, k, control, record)
-            out[e * f : (e + 1) * f] = edited @ v["edit_cond"]
+            if self.form_maps:
+                out[e * f : (e + 1) * f] = edited @ v["edit_cond"]
+                return out
+        if not control:  # recorded only
             return out
         v_edit = v["edit_cond"]
         where = (v_edit.device, v_edit.dtype)
@@ -330,10 +334,10 @@ class CrossControlProcessor(ControlProcessor):
             self._on_device[where] = (self.base_mix.to(v_edit), None if self.own_weight is None
                                       else self.own_weight.to(v_edit)[:, None])
         base_mix, own_weight = self._on_device[where]
-        edited_out = F.scaled_dot_product_attention(q["recon_cond"], k["recon_cond"], base_mix @ v_edit)
+        edited_out = F.scaled_dot_product_attention(q["recon_cond"], k["recon_cond"], base_mix @ v_edit, scale=attn.scale)
         if own_weight is not None:
             own = own_weight * v_edit
-            edited_out = edited_out + F.scaled_dot_product_attention(q["edit_cond"], k["edit_cond"], own)
+            edited_out = edited_out + F.scaled_dot_product_attention(q["edit_cond"], k["edit_cond"], own, scale=attn.scale)
         out[e * f : (e + 1) * f] = edited_out
         return out
 
