@@ -42,7 +42,7 @@ import videodirector.attention.control as control  # noqa: E402
 from videodirector.diffusion.ddim import linspace_timesteps  # noqa: E402
 from videodirector.methods.base import Inversion  # noqa: E402
 from videodirector.methods.videodirector import VideoDirector  # noqa: E402
-from videodirector.models.compile import compile_blocks, eager  # noqa: E402
+from videodirector.models.compile import compile_blocks  # noqa: E402
 
 
 PROBE_BLOCKS = ("ResnetBlock2D", "FeedForward", "AnimateDiffTransformer3D")
@@ -62,6 +62,12 @@ def best_of(fn, repeats: int) -> float:  # noqa: ANN001
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def drop_compiled(unet: torch.nn.Module) -> None:
+    """Undo every ``module.compile`` inside ``unet``: each module runs its eager call again."""
+    for m in unet.modules():
+        m._compiled_call_impl = None
 
 
 def synthetic_inversion(models, steps: int, frames: int, size: int) -> Inversion:  # noqa: ANN001
@@ -208,11 +214,9 @@ def main() -> None:
         data["sa2_attention"] = masked_attention(device, dtype, args.frames, h, args.repeats)
         save()
     if "scopes" in parts:
-        for m in models.unet.modules():  # undo the edit part's compile
-            m._compiled_call_impl = None
-        with eager():
-            for v in (1, 2, 3, 4):
-                per_video[f"eager b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
+        drop_compiled(models.unet)  # the edit part's compile
+        for v in (1, 2, 3, 4):
+            per_video[f"eager b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
         save()
         compile_blocks(models.unet, PROBE_BLOCKS)
         for v in (1, 2, 3, 4):
@@ -225,8 +229,7 @@ def main() -> None:
             per_video[f"regional+spatial b{v}"] = unet_per_video(models, v, args.frames, h, args.repeats)
         save()
         if not args.skip_whole:
-            for m in models.unet.modules():
-                m._compiled_call_impl = None
+            drop_compiled(models.unet)
             models.unet.compile(dynamic=False)
             per_video["whole b4"] = unet_per_video(models, 4, args.frames, h, args.repeats)
             save()

@@ -245,7 +245,7 @@ def inverted(tiny_models, tiny_paths):  # noqa: ANN001, ANN201
     return cfg, VideoDirector(tiny_models, cfg).invert(frames, masks, "a red circle moving right")
 
 
-def test_our_local_blend_starts_at_blend_start(tiny_models, inverted):  # noqa: ANN001
+def test_our_local_blend_starts_at_blend_start(tiny_models, inverted):
     cfg, inv = inverted
     target = "a blue circle moving right"
 
