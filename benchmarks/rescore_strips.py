@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from _common import machine, write
-from videodirector.bench.runner import shapeworld_suite
+from videodirector.bench.runner import Case, shapeworld_suite
 from videodirector.world.evaluate import edit_accuracy
 from videodirector.world.scene import render
 
@@ -39,6 +39,19 @@ def strip_rows(png: Path, size: int = 64) -> list[torch.Tensor]:
         row = img[r * size:(r + 1) * size]
         frames = np.stack([row[:, k * size:(k + 1) * size] for k in range(row.shape[1] // size)])
         rows.append(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    return rows
+
+
+def checked_rows(png: Path, case: Case, methods: int) -> list[torch.Tensor]:
+    """The strip's rows, after checking that it has one per method and that its first two rows are this case's
+    source and ground truth (a strip read in the wrong layout is an error, not a wrong number)."""
+    rows = strip_rows(png)
+    if len(rows) != 2 + methods:
+        raise SystemExit(f"{png}: {len(rows)} rows, expected source, ground truth and {methods} methods")
+    for row, spec in zip(rows[:2], (case.source, case.target)):
+        want = render(spec)[0][0][STRIP_FRAMES]
+        if (row - want).abs().max() > 2 / 127.5:  # uint8 rounding
+            raise SystemExit(f"{png}: the first rows are not this case's source and ground truth")
     return rows
 
 
@@ -57,13 +70,7 @@ def main() -> None:
         case = cases[png.stem]
         if case.kind not in kinds:
             continue
-        rows = strip_rows(png)
-        if len(rows) != 2 + len(methods):
-            raise SystemExit(f"{png}: {len(rows)} rows, expected source, ground truth and {len(methods)} methods")
-        for row, spec in zip(rows[:2], (case.source, case.target)):
-            want = render(spec)[0][0][STRIP_FRAMES]
-            if (row - want).abs().max() > 2 / 127.5:  # uint8 rounding
-                raise SystemExit(f"{png}: the first rows are not this case's source and ground truth")
+        rows = checked_rows(png, case, len(methods))
         for m, frames in zip(methods, rows[2:]):
             stored = json.loads((args.results / "cases" / m / f"{case.id}.json").read_text())["edit_accuracy"]
             now = edit_accuracy(frames, case.source, case.target, STRIP_FRAMES)

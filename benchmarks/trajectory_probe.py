@@ -7,16 +7,22 @@ This runs the same cases at the bench's settings (25 DDIM steps, 10 null-text it
 - ``baseline``: the method as the bench runs it;
 - ``tau_s=0.7`` / ``tau_s=1.0``: SA-I (the source's self-attention keys and values) on 70 % / all of the edit steps
   instead of the official 40 % (``control.self_replace_steps``);
-- ``tau_c=1.0``: cross-attention control on all steps instead of 80 % (``control.cross_replace_steps``).
+- ``tau_c=1.0``: cross-attention control on all steps instead of 80 % (``control.cross_replace_steps``);
+- ``null_text=none``: no null-text optimisation (plain DDIM inversion; the edit's unconditional branch is the negative
+  prompt's), everything else the full method's. It tests whether the edit's unconditional branch, which null-text
+  optimisation fits to the source, is what draws colour swaps' objects too large (``object_area_ratio``, and
+  ``outline_psnr``: the background within 2 px of the objects, where that spill lands).
 
     python benchmarks/trajectory_probe.py                                  # CPU, about 25 minutes
     python benchmarks/trajectory_probe.py --method vd-fast-direct          # exact inversion, a few minutes
     python benchmarks/trajectory_probe.py --variants ""                    # only the metric's ceiling, seconds
+    python benchmarks/trajectory_probe.py --cases 01-colour,02-colour,05-colour --variants baseline,null_text=none \
+        --name enlargement_probe                                           # CPU, about 25 minutes
 
 Every run also scores the ground truth through the VAE (encode, decode) on the same cases (``ceiling``): what the
 metric gives a perfect latent editor there.
 
-Writes ``benchmarks/results/trajectory_probe_<method>_<device>.{json,md}``.
+Writes ``benchmarks/results/trajectory_probe_<method>_<device>.{json,md}`` (``--name``: ``<name>_<method>_<device>``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, write  # noqa: E402
 
 VARIANTS = {"baseline": {}, "tau_s=0.7": {"control.self_replace_steps": 0.7},
-            "tau_s=1.0": {"control.self_replace_steps": 1.0}, "tau_c=1.0": {"control.cross_replace_steps": 1.0}}
-KEYS = ("trajectory_error_px", "gt_psnr", "background_psnr", "edit_accuracy", "reconstruction_psnr")
+            "tau_s=1.0": {"control.self_replace_steps": 1.0}, "tau_c=1.0": {"control.cross_replace_steps": 1.0},
+            "null_text=none": {"inversion.null_text": "none"}}
+KEYS = ("trajectory_error_px", "gt_psnr", "background_psnr", "edit_accuracy", "reconstruction_psnr", "object_area_ratio",
+        "outline_psnr")
 
 
 def main() -> None:
@@ -45,13 +53,23 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--name", default="trajectory_probe", help="first part of the result files' name")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from videodirector.api import bundled_model_config
     from videodirector.bench.runner import BUNDLED_GUIDANCE_SCALE, ceiling_scores, run_case, shapeworld_suite
     from videodirector.config import EditConfig, apply_overrides
+    from videodirector.metrics.ground_truth import background_error_by_distance
     from videodirector.models.loading import load_models
+    from videodirector.world.evaluate import object_area_ratio
+    from videodirector.world.scene import render
+
+    def shape_scores(frames: torch.Tensor, case) -> dict[str, float]:  # noqa: ANN001
+        """The edited object's area over the target's, and the background within 2 px of either object."""
+        (src, src_m), tgt_m = (x[0] for x in render(case.source)), render(case.target)[1][0]
+        outline = background_error_by_distance(frames, src, src_m | tgt_m)[0]["psnr"]
+        return {"object_area_ratio": object_area_ratio(frames, case.source, case.target), "outline_psnr": outline}
 
     base = apply_overrides(EditConfig(), {
         **bundled_model_config(args.device), "model.dtype": args.dtype, "input.height": 64, "input.width": 64,
@@ -62,11 +80,15 @@ def main() -> None:
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for cid in args.cases.split(","):
         ceiling = ceiling_scores(models, cases[cid])
+        with torch.no_grad():
+            through_vae = models.decode_latents(models.encode_video(render(cases[cid].target)[0][0], sample=False))
+        ceiling.update(shape_scores(through_vae.float().cpu(), cases[cid]))
         rows[cid] = {"ceiling": {k: float(ceiling[k]) for k in KEYS if k in ceiling}}
         print(cid, "ceiling", {k: round(v, 2) for k, v in rows[cid]["ceiling"].items()}, flush=True)
         for name in filter(None, args.variants.split(",")):
             t = time.time()
-            scores, _ = run_case(models, apply_overrides(base, VARIANTS[name]), args.method, cases[cid], shared)
+            scores, edited = run_case(models, apply_overrides(base, VARIANTS[name]), args.method, cases[cid], shared)
+            scores.update(shape_scores(torch.from_numpy(edited).permute(0, 3, 1, 2).float() / 127.5 - 1, cases[cid]))
             rows[cid][name] = {k: float(scores[k]) for k in KEYS}
             print(cid, name, {k: round(v, 2) for k, v in rows[cid][name].items()}, f"{time.time() - t:.0f} s", flush=True)
     table = [(f"{cid} {name} {k}", f"{v:.2f}") for cid, by in rows.items() for name, r in by.items() for k, v in r.items()]
@@ -74,7 +96,7 @@ def main() -> None:
             "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": VARIANTS,
             "results": rows}
     name = args.method if args.variants else "ceiling"
-    write(f"trajectory_probe_{name}_{args.device.split(':')[0]}", data, table, args.out)
+    write(f"{args.name}_{name}_{args.device.split(':')[0]}", data, table, args.out)
 
 
 if __name__ == "__main__":

@@ -255,3 +255,52 @@ def test_compare_runs_pairs_cases_and_methods(tmp_path: Path) -> None:
     _run("compare_runs.py", str(a), str(b), "--against", "ref", "--name", "vs", "--out", str(tmp_path))
     g = json.loads((tmp_path / "vs.json").read_text())["m"]["gt_psnr"]
     assert (g["diff"], g["se"], g["beyond_2se"]) == (10.5, 0.5, True)  # A − ref = [11, 10]
+
+
+def test_background_rings_reads_a_stored_run(tmp_path: Path) -> None:
+    """``background_rings.py`` on a made-up stored run of two cases. A method that returns the ground truth scores
+    as the script's own ``ground truth`` row: its soft outline lies just outside the binary masks, so its background
+    error sits in the 0-2 px ring, and beyond it only 8-bit rounding is left. One that draws the target's object
+    2 px larger all round loses the background in that ring and reports the larger area; one that returns the
+    source keeps the background to the last bit and draws no object of the target's colour. A strip in the wrong
+    layout is refused."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from videodirector.bench.runner import shapeworld_suite
+    from videodirector.io.outputs import to_uint8
+    from videodirector.world.scene import OBJECT_COLOURS, render
+
+    root = tmp_path / "shapeworld-v2"
+    (root / "strips").mkdir(parents=True)
+    methods = ("as-target", "fatter", "as-source")
+    (root / "summary.json").write_text(json.dumps({m: {} for m in methods}))
+    cases = {c.id: c for c in shapeworld_suite("shapeworld-v2")}
+    for cid in ("00-colour", "01-colour", "12-shape"):
+        case = cases[cid]
+        (src, _), (gt, gt_m) = ((x[0][[0, 4, 8, 12]] for x in render(s)) for s in (case.source, case.target))
+        grown = F.max_pool2d(gt_m.float(), 5, stride=1, padding=2) > 0
+        colour = torch.tensor(OBJECT_COLOURS[case.target.colour]).view(1, 3, 1, 1) / 127.5 - 1
+        fatter = torch.where(grown & ~gt_m, colour, gt)
+        rows = [np.concatenate(list(to_uint8(v)), 1) for v in (src, gt, gt, fatter, src)]
+        Image.fromarray(np.concatenate(rows, 0)).save(root / "strips" / f"{cid}.png")
+    _run("background_rings.py", "--results", str(root), "--reference", "as-target", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "background_rings_shapeworld-v2.json").read_text())
+    summary = res["summary"]
+    assert summary["ground truth"] == summary["as-target"]
+    good, fat, same = (summary[m]["colour"] for m in methods)
+    assert good["background_psnr"] > 35 and good["rings"]["0-2"]["error_share"] > 0.9
+    assert all(r["psnr"] > 55 for k, r in good["rings"].items() if k != "0-2")  # 8-bit rounding alone: 58.9 dB
+    assert abs(good["object_area_ratio"] - 1) < 0.05
+    assert fat["background_psnr"] < good["background_psnr"] - 10 and fat["rings"]["0-2"]["error_share"] > 0.99
+    assert fat["object_area_ratio"] > 1.3
+    assert same["background_psnr"] > 55 and same["object_area_ratio"] < 0.05
+    paired = res["object_area_against"]["methods"]
+    assert paired["fatter"]["colour"]["larger"] == 2 and paired["fatter"]["colour"]["mean"] > 0.3
+    assert "shape" not in paired["fatter"]  # one shape case: nothing to pair
+    Image.open(root / "strips" / "12-shape.png").crop((0, 64, 256, 320)).save(root / "strips" / "12-shape.png")
+    proc = subprocess.run([sys.executable, str(BENCH / "background_rings.py"), "--results", str(root), "--out", str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "expected source, ground truth and 3 methods" in proc.stderr

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -540,3 +541,34 @@ def test_shape_reader_knows_every_exact_shape_with_a_gray_box_and_a_tilt():
              for i, m in enumerate(object_mask(v, s.background)[::2])
              if shape_from_outline(m[0]) != s.shape]
     assert wrong == []
+
+
+def test_background_error_by_distance_puts_an_error_in_its_ring():
+    """An error band at Chebyshev distance 3 from an 8 x 8 object lands in the 2-4 px ring, alone; moved to
+    distance 6 it lands in 4-8. The rings' pixel fractions and error shares each sum to 1, and their
+    pixel-weighted errors give back the whole background's PSNR."""
+    from videodirector.metrics.ground_truth import background_error_by_distance, psnr
+
+    source = torch.zeros(2, 3, 40, 40)
+    mask = torch.zeros(2, 1, 40, 40, dtype=torch.bool)
+    mask[:, :, 16:24, 16:24] = True
+
+    def band(d: int) -> torch.Tensor:
+        ring = torch.zeros(2, 1, 40, 40, dtype=torch.bool)
+        ring[:, :, 16 - d:24 + d, 16 - d:24 + d] = True
+        ring[:, :, 17 - d:23 + d, 17 - d:23 + d] = False  # one pixel wide, at distance d
+        return ring
+
+    for d, where in ((3, "2-4"), (6, "4-8")):
+        edited = source + 0.5 * band(d).float()
+        edited[:, 0] += 0.2 * mask[:, 0].float()  # inside the object: not background, counted nowhere
+        rows = {r["ring_px"]: r for r in background_error_by_distance(edited, source, mask)}
+        assert list(rows) == ["0-2", "2-4", "4-8", "8-16", ">16"]
+        assert rows[where]["error_share"] == pytest.approx(1.0)
+        assert all(r["error_share"] == 0.0 for k, r in rows.items() if k != where)
+        assert sum(r["fraction"] for r in rows.values()) == pytest.approx(1.0)
+        # a 10 px-wide ring at distance 2-4 holds (16 x 16 - 12 x 12) pixels of each frame's 40 x 40 - 8 x 8
+        assert rows["2-4"]["fraction"] == pytest.approx((16 * 16 - 12 * 12) / (40 * 40 - 8 * 8))
+        assert rows[">16"]["fraction"] == 0.0 and math.isnan(rows[">16"]["psnr"])  # corners are 16 px away: empty
+        mse = sum(r["fraction"] * 10 ** (-r["psnr"] / 10) for r in rows.values() if r["fraction"])
+        assert -10 * torch.log10(torch.tensor(mse)).item() == pytest.approx(psnr(edited, source, ~mask), abs=1e-4)

@@ -211,8 +211,9 @@ class ControlConfig:
     masks instead of attention maps (after each edit step from ``mask_blend_start`` on,
     ``z <- z + K (z_rec - z)``, ``K`` = 1 where kept, from ``io.masks.latent_keep_region``), then the
     source's own pixels where kept, ``x <- x + K_px (x_src - x)`` with ``K`` upsampled bilinearly (a soft
-    edge of one latent pixel), as an inpainting overlay does: the VAE decoder's attention and group norms
-    spread an edited object's colour over the whole frame. Needs masks."""
+    edge of one latent pixel), as an inpainting overlay does: a decoded background is not the source's own
+    pixels (the VAE round trip loses some of it, and the decoder carries part of an edited cell's change into
+    the cells around it). Needs masks."""
     mask_blend_dilation: int = 1
     """Latent pixels by which an object edit's region grows beyond the mask (room for a new outline)."""
     mask_blend_renoise: bool = False

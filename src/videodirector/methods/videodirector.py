@@ -416,6 +416,8 @@ register("vd-no-self-control", _make, {"control.sa1": False, "control.sa2": Fals
 register("vd-no-sa1", _make, {"control.sa1": False}, "ablation: no SA-I")
 register("vd-no-sa2", _make, {"control.sa2": False}, "ablation: no SA-II")
 register("vd-no-cross", _make, {"control.cross": False}, "ablation: no cross-attention control")
+register("vd-no-null", _make, {"inversion.null_text": "none"},
+         "ablation: no null-text optimisation (DDIM inversion; the edit's unconditional branch is the negative prompt)")
 # prompt-to-prompt keeps its own self-attention map injection (what SA-I is) but has no SA-II
 register("vanilla-t2v", _make, {"inversion.null_text": "shared", "stdg.enabled": False, "control.sa2": False},
          "paper Fig. 2a: DDIM inversion + shared null-text + prompt-to-prompt on the T2V model")

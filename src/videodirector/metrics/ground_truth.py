@@ -31,6 +31,34 @@ def psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
     return float(10 * math.log10(1.0 / max(float(mse), 1e-10)))
 
 
+RING_EDGES_PX = (2, 4, 8, 16)
+"""Distances (pixels) that split the background into rings around an object for :func:`background_error_by_distance`."""
+
+
+def background_error_by_distance(edited: Tensor, source: Tensor, object_mask: Tensor,
+                                 edges: tuple[int, ...] = RING_EDGES_PX) -> list[dict[str, float]]:
+    """Where a background error lies: the background (outside ``object_mask``) split into rings by the
+    (Chebyshev) distance to the mask, ``(0, e1], (e1, e2], ..., beyond the last edge``. Per ring: its label,
+    its share of the background's pixels (``fraction``), its PSNR, and its share of the background's squared error
+    (``error_share``; the shares sum to 1, and ``psnr`` of the whole background is ``psnr(edited, source, ~mask)``).
+    ``object_mask``: ``(F, 1, H, W)`` bool, e.g. the union of the source's and the target's object."""
+    d = ((_unit(edited) - _unit(source)) ** 2).mean(1, keepdim=True)  # (F, 1, H, W), averaged over channels
+    m = object_mask.float()
+    grown = [m] + [F.max_pool2d(m, 2 * e + 1, stride=1, padding=e) for e in edges] + [torch.ones_like(m)]
+    total_px = float((1 - m).sum())
+    total_err = float((d * (1 - m)).sum())
+    rows = []
+    bounds = (0, *edges, None)
+    for inner, outer, lo, hi in zip(grown[:-1], grown[1:], bounds[:-1], bounds[1:]):
+        ring = outer - inner
+        n, err = float(ring.sum()), float((d * ring).sum())
+        rows.append({"ring_px": f"{lo}-{hi}" if hi is not None else f">{lo}",
+                     "fraction": n / total_px if total_px else float("nan"),
+                     "psnr": 10 * math.log10(n / max(err, 1e-10 * n)) if n else float("nan"),
+                     "error_share": err / total_err if total_err else float("nan")})
+    return rows
+
+
 def ssim(a: Tensor, b: Tensor, window: int = 7, sigma: float = 1.5) -> float:
     """Mean SSIM (Wang et al. 2004) with a Gaussian window on [0, 1] images, per channel."""
     x, y = _unit(a), _unit(b)

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import product
 
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..metrics.ground_truth import closest_candidate, psnr, ssim, temporal_flicker, trajectory_error
+from ..metrics.ground_truth import closest_candidate, object_pixels, psnr, ssim, temporal_flicker, trajectory_error
 from .scene import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, TEXTURES, ClipSpec, render
 
 ATTRIBUTE_VALUES = {"colour": list(OBJECT_COLOURS), "shape": list(SHAPES), "background": list(BACKGROUND_COLOURS),
@@ -103,6 +104,23 @@ def _background_only(spec: ClipSpec) -> Tensor:
     """The target's background with the object painted over by background (for object segmentation)."""
     far = spec.__class__(**{**spec.to_dict(), "x0": -1000.0, "y0": -1000.0})
     return render(far)[0][0]
+
+
+AREA_WINDOW_PX = 8
+"""How far from either object an edit's object pixels are still counted by :func:`object_area_ratio`."""
+
+
+def object_area_ratio(edited: Tensor, source: ClipSpec, target: ClipSpec, frames: list[int] | None = None) -> float:
+    """The edited object's area over the target's: pixels nearer the target colour than the target's background,
+    within ``AREA_WINDOW_PX`` of the source's or the target's object, over the target object's pixels. Over 1: the
+    object is drawn too large (its colour spills past the outline). ``frames``: the frames ``edited`` holds."""
+    src_m, tgt_m = render(source)[1][0], render(target)[1][0]
+    background = _background_only(target)
+    if frames is not None:
+        src_m, tgt_m, background = src_m[frames], tgt_m[frames], background[frames]
+    near = F.max_pool2d((src_m | tgt_m).float(), 2 * AREA_WINDOW_PX + 1, stride=1, padding=AREA_WINDOW_PX) > 0
+    found = object_pixels(edited, OBJECT_COLOURS[target.colour], background) & near
+    return float(found.sum() / tgt_m.sum())
 
 
 def reconstruction_psnr(editor, inversion, frames: Tensor, recon: Tensor | None = None) -> float:  # noqa: ANN001
