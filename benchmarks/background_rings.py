@@ -63,25 +63,32 @@ def ceilings(models, source: torch.Tensor, target: torch.Tensor, case: Case) -> 
 
 def summarise(recs: list[dict]) -> dict:
     rings = [r["ring_px"] for r in recs[0]["rings"]]
+    area = [r["object_area_ratio"] for r in recs]
+    background = [r["background_psnr"] for r in recs]
+    spread = len(recs) > 2 and len(set(area)) > 1 and len(set(background)) > 1
     return {"cases": len(recs),
-            "background_psnr": statistics.mean(r["background_psnr"] for r in recs),
-            "object_area_ratio": statistics.mean(r["object_area_ratio"] for r in recs),
+            "background_psnr": statistics.mean(background),
+            "object_area_ratio": _finite_mean(area),
+            # over the cases: does the background fall as the object grows? (Pearson's r; None below 3 cases)
+            "area_background_correlation": statistics.correlation(area, background) if spread else None,
             "rings": {name: {k: _finite_mean(r["rings"][i][k] for r in recs) for k in ("fraction", "psnr", "error_share")}
                       for i, name in enumerate(rings)}}
 
 
 def _finite_mean(values: Iterable[float]) -> float:
-    """The mean over the cases where the value exists (a ring can be empty: a large object leaves no pixel 16 px away)."""
+    """The mean over the cases where the value exists: a ring can be empty (a large object leaves no pixel 16 px away),
+    and an error-free case has no error shares. A ring's mean may therefore cover fewer cases than ``cases``."""
     kept = [v for v in values if math.isfinite(v)]
     return statistics.mean(kept) if kept else float("nan")
 
 
-def paired_area(per: dict[str, dict[str, list[dict]]], reference: str) -> dict[str, dict[str, dict[str, float]]]:
-    """Per method and kind, the object area ratio minus ``reference``'s on the same cases: mean, standard error,
-    and in how many cases it is larger."""
+def paired_area(per: dict[str, dict[str, list[dict]]], reference: str,
+                methods: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method of the run (``methods``; not the ground truth or the VAE rows) and kind, the object area ratio minus
+    ``reference``'s on the same cases: mean, standard error, and in how many cases it is larger."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for m, by_kind in per.items():
-        if m == reference:
+        if m == reference or m not in methods:
             continue
         for k, recs in by_kind.items():
             ref = {r["case"]: r["object_area_ratio"] for r in per[reference].get(k, [])}
@@ -126,7 +133,7 @@ def main() -> None:
         for m, frames in named.items():
             per.setdefault(m, {}).setdefault(case.kind, []).append({"case": case.id, **case_rows(frames, case)})
     summary = {m: {k: summarise(v) for k, v in by_kind.items()} for m, by_kind in per.items()}
-    paired = paired_area(per, args.reference) if args.reference in per else {}
+    paired = paired_area(per, args.reference, methods) if args.reference in per else {}
     repo, where = Path(__file__).resolve().parent.parent, args.results.resolve()
     result = {"results": str(where.relative_to(repo)) if where.is_relative_to(repo) else suite, "frames": STRIP_FRAMES, "kinds": kinds, "machine": machine(), "summary": summary,
               "object_area_against": {"reference": args.reference, "methods": paired}, "per_case": per}
@@ -136,7 +143,9 @@ def main() -> None:
             rings = ", ".join(f"{name} px {r['psnr']:.1f} dB ({100 * r['error_share']:.0f} %)"
                               for name, r in s["rings"].items())
             table.append((f"{m}, {k} ({s['cases']} cases)", f"background {s['background_psnr']:.1f} dB; by distance: "
-                          f"{rings}; object area {s['object_area_ratio']:.2f}x the target's"))
+                          f"{rings}; object area {s['object_area_ratio']:.2f}x the target's"
+                          + (f" (r = {s['area_background_correlation']:.2f} with the background over the cases)"
+                             if s["area_background_correlation"] is not None else "")))
     for m, by_kind in paired.items():
         for k, d in by_kind.items():
             table.append((f"object area, {m} minus {args.reference}, {k}",

@@ -289,7 +289,7 @@ def test_background_rings_reads_a_stored_run(tmp_path: Path) -> None:
     _run("background_rings.py", "--results", str(root), "--reference", "as-target", "--out", str(tmp_path))
     res = json.loads((tmp_path / "background_rings_shapeworld-v2.json").read_text())
     summary = res["summary"]
-    assert summary["ground truth"] == summary["as-target"]
+    assert json.dumps(summary["ground truth"]) == json.dumps(summary["as-target"])  # NaN-aware: same frames, same row
     good, fat, same = (summary[m]["colour"] for m in methods)
     assert good["background_psnr"] > 35 and good["rings"]["0-2"]["error_share"] > 0.9
     assert all(r["psnr"] > 55 for k, r in good["rings"].items() if k != "0-2")  # 8-bit rounding alone: 58.9 dB
@@ -300,6 +300,8 @@ def test_background_rings_reads_a_stored_run(tmp_path: Path) -> None:
     paired = res["object_area_against"]["methods"]
     assert paired["fatter"]["colour"]["larger"] == 2 and paired["fatter"]["colour"]["mean"] > 0.3
     assert "shape" not in paired["fatter"]  # one shape case: nothing to pair
+    assert set(paired) == {"fatter", "as-source"}  # the run's methods only, not the ground-truth row
+    assert fat["area_background_correlation"] is None  # two colour cases: no correlation quoted
     Image.open(root / "strips" / "12-shape.png").crop((0, 64, 256, 320)).save(root / "strips" / "12-shape.png")
     proc = subprocess.run([sys.executable, str(BENCH / "background_rings.py"), "--results", str(root), "--out", str(tmp_path)],
                           capture_output=True, text=True, check=False)

@@ -567,7 +567,7 @@ def test_background_error_by_distance_puts_an_error_in_its_ring():
         assert rows[where]["error_share"] == pytest.approx(1.0)
         assert all(r["error_share"] == 0.0 for k, r in rows.items() if k != where)
         assert sum(r["fraction"] for r in rows.values()) == pytest.approx(1.0)
-        # a 10 px-wide ring at distance 2-4 holds (16 x 16 - 12 x 12) pixels of each frame's 40 x 40 - 8 x 8
+        # the 2 px-wide ring at distances 3-4 holds (16 x 16 - 12 x 12) pixels of each frame's 40 x 40 - 8 x 8
         assert rows["2-4"]["fraction"] == pytest.approx((16 * 16 - 12 * 12) / (40 * 40 - 8 * 8))
         assert rows[">16"]["fraction"] == 0.0 and math.isnan(rows[">16"]["psnr"])  # corners are 16 px away: empty
         mse = sum(r["fraction"] * 10 ** (-r["psnr"] / 10) for r in rows.values() if r["fraction"])

@@ -113,14 +113,15 @@ AREA_WINDOW_PX = 8
 def object_area_ratio(edited: Tensor, source: ClipSpec, target: ClipSpec, frames: list[int] | None = None) -> float:
     """The edited object's area over the target's: pixels nearer the target colour than the target's background,
     within ``AREA_WINDOW_PX`` of the source's or the target's object, over the target object's pixels. Over 1: the
-    object is drawn too large (its colour spills past the outline). ``frames``: the frames ``edited`` holds."""
+    object is drawn too large (its colour spills past the outline). ``frames``: the frames ``edited`` holds. NaN when
+    the target's object is in none of them."""
     src_m, tgt_m = render(source)[1][0], render(target)[1][0]
     background = _background_only(target)
     if frames is not None:
         src_m, tgt_m, background = src_m[frames], tgt_m[frames], background[frames]
     near = F.max_pool2d((src_m | tgt_m).float(), 2 * AREA_WINDOW_PX + 1, stride=1, padding=AREA_WINDOW_PX) > 0
     found = object_pixels(edited, OBJECT_COLOURS[target.colour], background) & near
-    return float(found.sum() / tgt_m.sum())
+    return float(found.sum() / tgt_m.sum()) if tgt_m.any() else float("nan")  # no target object in these frames
 
 
 def reconstruction_psnr(editor, inversion, frames: Tensor, recon: Tensor | None = None) -> float:  # noqa: ANN001
