@@ -18,11 +18,15 @@ This runs the same cases at the bench's settings (25 DDIM steps, 10 null-text it
     python benchmarks/trajectory_probe.py --variants ""                    # only the metric's ceiling, seconds
     python benchmarks/trajectory_probe.py --cases 01-colour,02-colour,05-colour --variants baseline,null_text=none \
         --name enlargement_probe                                           # CPU, about 25 minutes
+    python benchmarks/trajectory_probe.py --cases 13-shape,17-shape,19-shape,20-shape,21-shape --variants baseline \
+        --method vd-mask-blend,vd-mask-blend-dilated --name dilation_probe  # CPU, about 25 minutes
 
 Every run also scores the ground truth through the VAE (encode, decode) on the same cases (``ceiling``): what the
 metric gives a perfect latent editor there.
 
-Writes ``benchmarks/results/trajectory_probe_<method>_<device>.{json,md}`` (``--name``: ``<name>_<method>_<device>``).
+Several methods (``--method a,b``) run on each case after one another, sharing the case's inversion where they invert
+alike. Writes ``benchmarks/results/trajectory_probe_<method>_<device>.{json,md}`` (``--name``: ``<name>_<method>_<device>``;
+several methods: joined by ``+``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -47,7 +52,7 @@ KEYS = ("trajectory_error_px", "gt_psnr", "background_psnr", "edit_accuracy", "r
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="05-colour,03-colour")
-    ap.add_argument("--method", default="videodirector")
+    ap.add_argument("--method", default="videodirector", help="a bench method, or several separated by commas")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
@@ -76,7 +81,8 @@ def main() -> None:
         "inversion.num_steps": 25, "inversion.null_inner_steps": 10, "inversion.guidance_scale": BUNDLED_GUIDANCE_SCALE})
     models = load_models(base.model)
     cases = {c.id: c for c in shapeworld_suite("shapeworld-v2")}
-    shared: dict = {}  # one inversion per case: the variants change only the edit
+    methods = args.method.split(",")
+    shared: dict = {}  # one inversion per case for the variants and methods that change only the edit
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for cid in args.cases.split(","):
         with torch.no_grad():  # the ground truth through the VAE, scored as an edit (bench.runner.ceiling_scores)
@@ -85,17 +91,18 @@ def main() -> None:
         ceiling = {**score_edit(through_vae, cases[cid].source, cases[cid].target), **shape_scores(through_vae, cases[cid])}
         rows[cid] = {"ceiling": {k: float(ceiling[k]) for k in KEYS if k in ceiling}}
         print(cid, "ceiling", {k: round(v, 2) for k, v in rows[cid]["ceiling"].items()}, flush=True)
-        for name in filter(None, args.variants.split(",")):
+        for variant, method in product(filter(None, args.variants.split(",")), methods):
+            name = variant if len(methods) == 1 else f"{method}: {variant}"
             t = time.time()
-            scores, edited = run_case(models, apply_overrides(base, VARIANTS[name]), args.method, cases[cid], shared)
+            scores, edited = run_case(models, apply_overrides(base, VARIANTS[variant]), method, cases[cid], shared)
             scores.update(shape_scores(torch.from_numpy(edited).permute(0, 3, 1, 2).float() / 127.5 - 1, cases[cid]))
             rows[cid][name] = {k: float(scores[k]) for k in KEYS}
             print(cid, name, {k: round(v, 2) for k, v in rows[cid][name].items()}, f"{time.time() - t:.0f} s", flush=True)
     table = [(f"{cid} {name} {k}", f"{v:.2f}") for cid, by in rows.items() for name, r in by.items() for k, v in r.items()]
-    data = {"machine": machine(), "method": args.method, "device": args.device, "dtype": args.dtype,
+    data = {"machine": machine(), "method": ",".join(methods), "device": args.device, "dtype": args.dtype,
             "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": VARIANTS,
             "results": rows}
-    name = args.method if args.variants else "ceiling"
+    name = "+".join(methods) if args.variants else "ceiling"
     write(f"{args.name}_{name}_{args.device.split(':')[0]}", data, table, args.out)
 
 

@@ -519,11 +519,12 @@ def test_mask_blend_variant_renoises_only_texture_cases_and_shares_the_inversion
     cases = {c.kind: c for c in shapeworld_suite()}
     base = EditConfig()
     for kind in ("colour", "shape", "background", "texture"):
-        cfg = case_config(base, "vd-mask-blend", cases[kind])
-        assert cfg.control.mask_blend and cfg.control.mask_blend_dilation == 0
-        assert cfg.control.mask_blend_renoise == (kind == "texture")
-        assert inversion_groups(base, ["videodirector", "vd-mask-blend"], cases[kind]) == [
-            ["videodirector", "vd-mask-blend"]]  # the blend acts in stage 2 only
+        for method, dilation in (("vd-mask-blend", 0), ("vd-mask-blend-dilated", 1)):
+            cfg = case_config(base, method, cases[kind])
+            assert cfg.control.mask_blend and cfg.control.mask_blend_dilation == dilation
+            assert cfg.control.mask_blend_renoise == (kind == "texture")
+        assert inversion_groups(base, ["videodirector", "vd-mask-blend", "vd-mask-blend-dilated"], cases[kind]) == [
+            ["videodirector", "vd-mask-blend", "vd-mask-blend-dilated"]]  # the blend acts in stage 2 only
 
 
 def test_shape_reader_knows_every_exact_shape_with_a_gray_box_and_a_tilt():

@@ -37,9 +37,10 @@ BACKGROUND_COEFFICIENTS_BY_METHOD = {"vd-bg-no-appearance": [0.5, 0.5, 0.0, 0.0]
 """Methods that differ from ``videodirector`` only in the STDG coefficients of background and texture
 cases. ``vd-bg-no-appearance`` drops the appearance term on the object (``zeta_f = 0``), which
 ``benchmarks/stdg_background_probe.py`` found to cost background-edit reconstructions 6 to 15 dB."""
-OVERRIDES_BY_METHOD_AND_KIND = {"vd-mask-blend": {"texture": {"control.mask_blend_renoise": True}}}
+OVERRIDES_BY_METHOD_AND_KIND = {"vd-mask-blend": {"texture": {"control.mask_blend_renoise": True}},
+                                "vd-mask-blend-dilated": {"texture": {"control.mask_blend_renoise": True}}}
 """Settings a method takes on one kind of case only, as a user picks flags per edit (``--renoise`` for a
-new pattern). ``vd-mask-blend`` starts the background of texture edits from fresh noise: the inverted z_T
+new pattern). ``vd-mask-blend`` (and ``vd-mask-blend-dilated``) starts the background of texture edits from fresh noise: the inverted z_T
 keeps the source's pattern (texture edits failed for every method without it); on background-colour
 edits fresh noise would lose the pattern's phase (CPU probe: gt_psnr 22.1 -> 15.0 dB)."""
 

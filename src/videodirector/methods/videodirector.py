@@ -431,5 +431,8 @@ register("vd-bg-no-appearance", _make, {}, "bench variant, beyond the paper: bac
 register("vd-mask-blend", _make, {"control.mask_blend": True, "control.mask_blend_dilation": 0},
          "beyond the paper: the full method plus the mask blend (the source kept outside the masks' edit region; "
          "texture edits start that region from fresh noise); on your own video: --mask-blend [--renoise]")
+register("vd-mask-blend-dilated", _make, {"control.mask_blend": True},
+         "beyond the paper: vd-mask-blend with the option's default room around the object (control.mask_blend_dilation = 1 "
+         "latent pixel; vd-mask-blend uses 0); on your own video: --mask-blend")
 register("vd-fast-npi", _make, {"inversion.fast": "negative_prompt"}, "beyond the paper: negative-prompt inversion")
 register("vd-fast-direct", _make, {"inversion.fast": "direct"}, "beyond the paper: direct (PnP) inversion")
