@@ -429,8 +429,9 @@ register("vd-bg-no-appearance", _make, {}, "bench variant, beyond the paper: bac
          "--edit-target background --stdg 0.5,0.5,0,0")
 # renoise on texture cases is set per case by bench.runner (OVERRIDES_BY_METHOD_AND_KIND)
 register("vd-mask-blend", _make, {"control.mask_blend": True, "control.mask_blend_dilation": 0},
-         "beyond the paper: the full method plus the mask blend (the source kept outside the masks' edit region; "
-         "texture edits start that region from fresh noise); on your own video: --mask-blend [--renoise]")
+         "beyond the paper: the full method plus the mask blend with no room around the object (the source kept outside "
+         "the masks' edit region; texture edits start that region from fresh noise); --mask-blend [--renoise] leaves "
+         "one latent pixel of room, as vd-mask-blend-dilated")
 register("vd-mask-blend-dilated", _make, {"control.mask_blend": True},
          "beyond the paper: vd-mask-blend with the option's default room around the object (control.mask_blend_dilation = 1 "
          "latent pixel; vd-mask-blend uses 0); on your own video: --mask-blend")
