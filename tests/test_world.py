@@ -69,6 +69,37 @@ def test_bench_workers_cover_every_kind_first():
     assert sorted(c.kind for c in order[: len(kinds)]) == kinds  # the first round has one case of each kind
 
 
+def test_bench_case_ids_pick_cases_in_suite_order():
+    from videodirector.bench.runner import select_cases
+
+    assert [c.id for c in select_cases(case_ids=["29-texture", "05-colour", "05-colour"])] == ["05-colour", "29-texture"]
+    assert [c.id for c in select_cases(max_cases=2)] == ["00-colour", "01-colour"]
+    assert [c.kind for c in select_cases("shapeworld-v2-holdout", case_ids=["13-shape"])] == ["shape"]
+
+
+def test_bench_variant_on_other_model_settings_gets_its_own_models_and_inversion(tmp_path, monkeypatch):
+    """``vd-motion-per-frame`` overrides ``model.motion_norm``: the bench must not hand it the shared models
+    (joint norm, by the bundled model card) nor share an inversion made with them."""
+    from torch import nn
+
+    import videodirector.bench.runner as runner
+    from videodirector.models.motion_norm import FrameGroupNorm, motion_transformers
+
+    methods = ["videodirector", "vd-no-sa1", "vd-motion-per-frame"]
+    base = runner.apply_overrides(runner.EditConfig(), runner.bundled_model_config("cpu"))
+    case = runner.select_cases(case_ids=["05-colour"])[0]
+    assert runner.inversion_groups(base, methods, case) == [["videodirector", "vd-no-sa1"], ["vd-motion-per-frame"]]
+    norms: dict[str, set[type]] = {}
+
+    def fake_run(models, base, method, case, f, shared=None):  # noqa: ANN001, ANN202
+        norms.setdefault(method, set()).update(type(m.norm) for m in motion_transformers(models.unet))
+        return {}
+
+    monkeypatch.setattr(runner, "_run_and_store", fake_run)
+    runner.run_bench(methods=methods, device="cpu", case_ids=["05-colour"], results=tmp_path, shard=(0, 1))
+    assert norms == {"videodirector": {nn.GroupNorm}, "vd-no-sa1": {nn.GroupNorm}, "vd-motion-per-frame": {FrameGroupNorm}}
+
+
 def test_bench_reduced_cpu_mode_shards_resume_and_report(tmp_path):
     """The reduced CPU mode of the bench: two shard workers, then a gathering run that re-uses their cases."""
     import json

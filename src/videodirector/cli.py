@@ -629,6 +629,8 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     cases: Optional[int] = typer.Option(None, "--cases", min=1, help="Use only the first N cases (CPU mode). "
                                         "\\[default: all]"),
+    case_ids: Optional[str] = typer.Option(None, "--case-ids", help="Comma-separated case ids, e.g. "
+                                           "01-colour,13-shape: use only these. \\[default: all]"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1000, help=_d("DDIM steps.", 25)),
     inner_steps: Optional[int] = typer.Option(None, "--inner-steps", min=0, max=1000,
                                               help=_d("Null-text iterations per step.", 10)),
@@ -665,6 +667,7 @@ def bench(
             typer.echo(f"{name:22s} {doc}")
         return
     names = methods.split(",") if methods else None
+    ids = [i.strip() for i in case_ids.split(",") if i.strip()] if case_ids else None
     part = None
     if shard:
         i, _, n = shard.partition("/")
@@ -676,17 +679,18 @@ def bench(
     _quiet()
     if workers > 1:
         options = ["--suite", suite, "--device", device, "--results", str(results)]
-        for flag, value in (("--methods", methods), ("--cases", cases), ("--steps", steps), ("--inner-steps", inner_steps),
+        for flag, value in (("--methods", methods), ("--cases", cases), ("--case-ids", case_ids), ("--steps", steps),
+                            ("--inner-steps", inner_steps),
                             ("--guidance-scale", guidance_scale), ("--tune-steps", tune_steps)):
             if value is not None:
                 options += [flag, str(value)]
         for kv in settings or []:
             options += ["--set", kv]
         with progress_bar() as cb:
-            run_workers(workers, options, suite, names, cases, results, cb)
+            run_workers(workers, options, suite, names, cases, results, cb, case_ids=ids)
     with progress_bar() as cb:
         summary = run_bench(suite, names, device, cases, steps, inner_steps, results, cb, part, stored_only,
-                            guidance_scale, overrides or None)
+                            guidance_scale, overrides or None, case_ids=ids)
     if part:
         console.print(f"shard {part[0]}/{part[1]} done; run again without --shard to write the summary")
         return

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,31 @@ def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
 def inversion_key(cfg: EditConfig, method: str | None = None) -> str:
     """The settings that stage 1 (inversion) reads: methods of a case with the same key (VideoDirector
     and its attention-control ablations) can share one inversion, since it does not see the target.
-    Methods built by another factory (ASSD's stage 1 only encodes E(X)) never share with them."""
+    Methods built by another factory (ASSD's stage 1 only encodes E(X)), or run on other model settings
+    (``vd-motion-per-frame``), never share with them."""
     factory = METHODS[method][0] if method in METHODS else None
     stage1 = f"{factory.__module__}.{factory.__qualname__}" if factory is not None else ""
-    return json.dumps({**inversion_settings(cfg), "stage1": stage1}, sort_keys=True)
+    return json.dumps({**inversion_settings(cfg), "stage1": stage1, "model": model_key(cfg)}, sort_keys=True)
+
+
+def model_key(cfg: EditConfig) -> str:
+    """The model settings of ``cfg`` as one string: methods whose overrides change them (``model.*``) get
+    their own loaded models."""
+    return json.dumps(asdict(cfg.model), sort_keys=True, default=str)
+
+
+def select_cases(suite: str = DEFAULT_SUITE, max_cases: int | None = None,
+                 case_ids: list[str] | None = None) -> list[Case]:
+    """The suite's cases: all, the first ``max_cases``, or those named in ``case_ids`` (in suite order)."""
+    cases = shapeworld_suite(suite)
+    if case_ids:
+        known = {c.id for c in cases}
+        unknown = [i for i in dict.fromkeys(case_ids) if i not in known]
+        if unknown:
+            raise UserError(f"{suite} has no case {', '.join(map(repr, unknown))}; its cases are "
+                            f"{cases[0].id} ... {cases[-1].id} (number-kind, e.g. 05-colour)")
+        cases = [c for c in cases if c.id in set(case_ids)]
+    return cases[: max_cases or None]
 
 
 def inversion_groups(base: EditConfig, methods: list[str], case: Case) -> list[list[str]]:
@@ -217,7 +238,7 @@ def known_methods(methods: list[str] | None) -> list[str]:
 
 def run_workers(n: int, options: list[str], suite: str = DEFAULT_SUITE, methods: list[str] | None = None,
                 max_cases: int | None = None, results: Path = Path("benchmarks/results"),
-                progress: Progress = no_progress, poll_s: float = 2.0) -> None:
+                progress: Progress = no_progress, poll_s: float = 2.0, case_ids: list[str] | None = None) -> None:
     """Start ``n`` shard workers (``videodirector bench OPTIONS --shard i/n``) as subprocesses and wait
     for them, showing how many (case, method) pairs are stored. On one GPU a small model is
     launch-bound, so workers overlap (15 on an H100: about 23 pairs a minute). Each worker's output
@@ -229,7 +250,7 @@ def run_workers(n: int, options: list[str], suite: str = DEFAULT_SUITE, methods:
 
     root = Path(results) / suite
     names = known_methods(methods)
-    cases = shapeworld_suite(suite)[: max_cases or None]
+    cases = select_cases(suite, max_cases, case_ids)
     wanted = [root / "cases" / m / f"{c.id}.json" for c in cases for m in names]
     logs = root / "workers"
     logs.mkdir(parents=True, exist_ok=True)
@@ -301,7 +322,8 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
               max_cases: int | None = None, steps: int | None = None, inner_steps: int | None = None,
               results: Path = Path("benchmarks/results"), progress: Progress = no_progress,
               shard: tuple[int, int] | None = None, stored_only: bool = False,
-              guidance_scale: float | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              guidance_scale: float | None = None, overrides: dict[str, Any] | None = None,
+              case_ids: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) ``methods`` on the suite, then write per-method JSON, ``summary.json`` and the report.
 
     ``shard=(i, n)`` runs only every n-th (case, method) pair, case-major with the kinds of edit
@@ -315,7 +337,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     ``guidance_scale``: the CFG scale ``w`` of inversion and editing, by default the bundled models' own
     (:data:`~videodirector.api.BUNDLED_GUIDANCE_SCALE`).
     """
-    cases = shapeworld_suite(suite)[: max_cases or None]
+    cases = select_cases(suite, max_cases, case_ids)
     methods = known_methods(methods)
     over = {**bundled_model_config(device), "input.height": 64, "input.width": 64}
     if steps:
@@ -334,7 +356,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
     models = None
-    other_models: dict = {}  # loader -> models, for methods registered with their own loader
+    other_models: dict = {}  # loader or model settings -> models: methods with their own loader or model.* overrides
     shared: dict = {}  # one case's inversions, reused by the methods that invert alike (``inversion_key``)
 
     def record(case: Case, method: str) -> dict[str, Any]:
@@ -348,9 +370,15 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
             if loader not in other_models:
                 other_models[loader] = loader(base)
             return _run_and_store(other_models[loader], base, method, case, f, shared)
-        if models is None:
-            from ..models.loading import load_models
+        from ..models.loading import load_models
 
+        cfg = case_config(base, method, case)
+        if asdict(cfg.model) != asdict(base.model):  # a variant on other model settings (model.*): its own models
+            key = model_key(cfg)
+            if key not in other_models:
+                other_models[key] = load_models(cfg.model)
+            return _run_and_store(other_models[key], base, method, case, f, shared)
+        if models is None:
             models = load_models(base.model)
         return _run_and_store(models, base, method, case, f, shared)
 

@@ -435,5 +435,8 @@ register("vd-mask-blend", _make, {"control.mask_blend": True, "control.mask_blen
 register("vd-mask-blend-dilated", _make, {"control.mask_blend": True},
          "beyond the paper: vd-mask-blend with the option's default room around the object (control.mask_blend_dilation = 1 "
          "latent pixel; vd-mask-blend uses 0); on your own video: --mask-blend")
+register("vd-motion-per-frame", _make, {"model.motion_norm": "per_frame"},
+         "fidelity check: the full method with the original AnimateDiff module's per-frame motion GroupNorm "
+         "(model.motion_norm) on models trained with diffusers' joint one; how much the choice moves an edit")
 register("vd-fast-npi", _make, {"inversion.fast": "negative_prompt"}, "beyond the paper: negative-prompt inversion")
 register("vd-fast-direct", _make, {"inversion.fast": "direct"}, "beyond the paper: direct (PnP) inversion")
