@@ -135,7 +135,8 @@ def main() -> None:
     summary = {m: {k: summarise(v) for k, v in by_kind.items()} for m, by_kind in per.items()}
     paired = paired_area(per, args.reference, methods) if args.reference in per else {}
     repo, where = Path(__file__).resolve().parent.parent, args.results.resolve()
-    result = {"results": str(where.relative_to(repo)) if where.is_relative_to(repo) else suite, "frames": STRIP_FRAMES, "kinds": kinds, "machine": machine(), "summary": summary,
+    result = {"results": str(where.relative_to(repo)) if where.is_relative_to(repo) else suite, "frames": STRIP_FRAMES,
+              "kinds": kinds, "machine": machine(), "summary": summary,
               "object_area_against": {"reference": args.reference, "methods": paired}, "per_case": per}
     table = []
     for m, by_kind in summary.items():
