@@ -24,6 +24,9 @@ Writes ``benchmarks/results/motion_norm_divergence_<device>_<frames>x<pixels>.js
 
     python benchmarks/motion_norm_divergence.py --small     # CPU: 16 x 32 x 32 latents, 8 forwards, minutes
     python benchmarks/motion_norm_divergence.py             # CUDA: 16 x 64 x 64 latents, 10 DDIM steps
+    python benchmarks/motion_norm_divergence.py --base src/videodirector/world/weights/sd \
+        --motion-adapter src/videodirector/world/weights/motion_adapter --latent 16 --ddim-steps 25 --device cpu \
+        --name motion_norm_divergence_cpu_shapeworld            # the bundled ShapeWorld models, seconds
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--motion-adapter", default=None, help="motion adapter folder or original .ckpt (with --base)")
     p.add_argument("--no-yardstick", action="store_true", help="skip the CUDA bf16-vs-fp32 yardstick")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--name", default=None, help="result file name (default motion_norm_divergence_<device>[_<F>x<px>])")
     args = p.parse_args(argv)
     if bool(args.base) != bool(args.motion_adapter):
         p.error("--base and --motion-adapter go together")
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{yardstick['relative']:.4g} / {yardstick['max_abs']:.4g}"))
     table.append(("setup", f"{args.frames} x {latent} x {latent} latents, {args.dtype} on {device.type}, "
                            f"{data['motion_modules']} motion modules, {data['weights']['motion_adapter']}"))
-    name = result_name("motion_norm_divergence", info, device, args.frames, latent * 8)
+    name = args.name or result_name("motion_norm_divergence", info, device, args.frames, latent * 8)
     name += "" if dtype == torch.float32 else "_bf16"
     print(write(name, data, table, args.out))
     return data

@@ -138,14 +138,15 @@ def test_bench_set_reaches_the_run_and_every_worker(tmp_path, capsys, monkeypatc
     import videodirector.bench.runner as runner
 
     seen: dict = {}
-    monkeypatch.setattr(runner, "run_workers", lambda n, options, *a, **k: seen.setdefault("options", options))
+    monkeypatch.setattr(runner, "run_workers", lambda n, options, *a, **k: seen.update(options=options,
+                                                                                      worker_ids=k["case_ids"]))
     monkeypatch.setattr(runner, "run_bench", lambda *a, **k: seen.update(overrides=a[-1], ids=k["case_ids"]) or {})
     monkeypatch.setattr(sys, "argv", ["videodirector", "bench", "--workers", "2", "--tune-steps", "7", "--set",
                                       "assd.iterations=30", "--set", "model.dtype=float32", "--results", str(tmp_path),
                                       "--case-ids", "05-colour, 13-shape"])
     cli.main()
     assert seen["overrides"] == {"assd.iterations": 30, "model.dtype": "float32", "video_p2p.tune_steps": 7}
-    assert seen["ids"] == ["05-colour", "13-shape"]
+    assert seen["ids"] == seen["worker_ids"] == ["05-colour", "13-shape"]
     opts = seen["options"]
     assert [opts[i + 1] for i, o in enumerate(opts) if o == "--set"] == ["assd.iterations=30", "model.dtype=float32"]
     assert opts[opts.index("--case-ids") + 1] == "05-colour, 13-shape"
@@ -159,3 +160,5 @@ def test_bench_unknown_case_id_is_one_line_before_any_work(tmp_path, capsys, mon
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "shapeworld-v2 has no case '5-colour'" in err and "00-colour ... 35-texture" in err
     assert not list(tmp_path.rglob("*.json"))
+    code, err = run_cli(["bench", "--case-ids", " , ", "--results", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and "names no case" in err and len(err.strip().splitlines()) == 1

@@ -667,7 +667,9 @@ def bench(
             typer.echo(f"{name:22s} {doc}")
         return
     names = methods.split(",") if methods else None
-    ids = [i.strip() for i in case_ids.split(",") if i.strip()] if case_ids else None
+    ids = [i.strip() for i in case_ids.split(",") if i.strip()] if case_ids is not None else None
+    if ids == []:
+        raise UserError(f"--case-ids {case_ids!r} names no case; give ids such as 05-colour,13-shape")
     part = None
     if shard:
         i, _, n = shard.partition("/")
