@@ -37,12 +37,12 @@ BACKGROUND_COEFFICIENTS_BY_METHOD = {"vd-bg-no-appearance": [0.5, 0.5, 0.0, 0.0]
 """Methods that differ from ``videodirector`` only in the STDG coefficients of background and texture
 cases. ``vd-bg-no-appearance`` drops the appearance term on the object (``zeta_f = 0``), which
 ``benchmarks/stdg_background_probe.py`` found to cost background-edit reconstructions 6 to 15 dB."""
-OVERRIDES_BY_METHOD_AND_KIND = {"vd-mask-blend": {"texture": {"control.mask_blend_renoise": True}},
-                                "vd-mask-blend-dilated": {"texture": {"control.mask_blend_renoise": True}}}
+OVERRIDES_BY_METHOD_AND_KIND = {m: {"texture": {"control.mask_blend_renoise": True}}
+                                for m in ("vd-mask-blend", "vd-mask-blend-dilated")}
 """Settings a method takes on one kind of case only, as a user picks flags per edit (``--renoise`` for a
-new pattern). ``vd-mask-blend`` (and ``vd-mask-blend-dilated``) starts the background of texture edits from fresh noise: the inverted z_T
-keeps the source's pattern (texture edits failed for every method without it); on background-colour
-edits fresh noise would lose the pattern's phase (CPU probe: gt_psnr 22.1 -> 15.0 dB)."""
+new pattern). ``vd-mask-blend`` (and ``vd-mask-blend-dilated``) starts the background of texture edits from
+fresh noise: the inverted z_T keeps the source's pattern (texture edits failed for every method without it);
+on background-colour edits fresh noise would lose the pattern's phase (CPU probe: gt_psnr 22.1 -> 15.0 dB)."""
 
 
 @dataclass(frozen=True)
@@ -355,32 +355,29 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     over.update(overrides or {})
     base = apply_overrides(EditConfig(), over)
     root = Path(results) / suite
-    models = None
-    other_models: dict = {}  # loader or model settings -> models: methods with their own loader or model.* overrides
+    loaded: dict = {}  # loader, or model settings (``model_key``) -> models, each loaded on first need
     shared: dict = {}  # one case's inversions, reused by the methods that invert alike (``inversion_key``)
+
+    def models_for(cfg: EditConfig):  # noqa: ANN202
+        """The AnimateDiff bundle for ``cfg``'s model settings: a variant that overrides ``model.*`` gets its own."""
+        from ..models.loading import load_models
+
+        key = model_key(cfg)
+        if key not in loaded:
+            loaded[key] = load_models(cfg.model)
+        return loaded[key]
 
     def record(case: Case, method: str) -> dict[str, Any]:
         """The case's stored result, or run it now (loading the models on first need) and store it."""
-        nonlocal models
         f = root / "cases" / method / f"{case.id}.json"
         if f.is_file():
             return json.loads(f.read_text())
         if method in MODEL_LOADERS:  # a method on other models (Video-P2P's T2S UNet): loaded once per loader
             loader = MODEL_LOADERS[method]
-            if loader not in other_models:
-                other_models[loader] = loader(base)
-            return _run_and_store(other_models[loader], base, method, case, f, shared)
-        from ..models.loading import load_models
-
-        cfg = case_config(base, method, case)
-        if asdict(cfg.model) != asdict(base.model):  # a variant on other model settings (model.*): its own models
-            key = model_key(cfg)
-            if key not in other_models:
-                other_models[key] = load_models(cfg.model)
-            return _run_and_store(other_models[key], base, method, case, f, shared)
-        if models is None:
-            models = load_models(base.model)
-        return _run_and_store(models, base, method, case, f, shared)
+            if loader not in loaded:
+                loaded[loader] = loader(base)
+            return _run_and_store(loaded[loader], base, method, case, f, shared)
+        return _run_and_store(models_for(case_config(base, method, case)), base, method, case, f, shared)
 
     if shard is not None:
         i, n = shard
@@ -429,11 +426,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
     ceiling_f = root / "ceiling.json"
     ceiling = json.loads(ceiling_f.read_text()) if ceiling_f.is_file() else None
     if ceiling is None or sum(v[METRICS[0]]["n"] for v in ceiling.values()) != len(cases):
-        if models is None:
-            from ..models.loading import load_models
-
-            models = load_models(base.model)
-        ceiling = latent_ceiling(models, cases)
+        ceiling = latent_ceiling(models_for(base), cases)
         write_json(ceiling_f, ceiling)
     write_report(root, summary_all, cases, strips, base, paired, by_kind, ceiling)
     return summary_all
