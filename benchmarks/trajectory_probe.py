@@ -11,7 +11,8 @@ This runs the same cases at the bench's settings (25 DDIM steps, 10 null-text it
 - ``null_text=none``: no null-text optimisation (plain DDIM inversion; the edit's unconditional branch is the negative
   prompt's), everything else the full method's. It tests whether the edit's unconditional branch, which null-text
   optimisation fits to the source, is what draws colour swaps' objects too large (``object_area_ratio``, and
-  ``outline_psnr``: the background within 2 px of the objects, where that spill lands).
+  ``outline_psnr``: the background within 2 px of the objects, where that spill lands);
+- any one setting as ``section.key=value``, e.g. ``control.mask_blend_start=1.0``;
 
     python benchmarks/trajectory_probe.py                                  # CPU, about 25 minutes
     python benchmarks/trajectory_probe.py --method vd-fast-direct          # exact inversion, a few minutes
@@ -38,6 +39,7 @@ from itertools import product
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, write  # noqa: E402
@@ -47,6 +49,16 @@ VARIANTS = {"baseline": {}, "tau_s=0.7": {"control.self_replace_steps": 0.7},
             "null_text=none": {"inversion.null_text": "none"}}
 KEYS = ("trajectory_error_px", "gt_psnr", "background_psnr", "edit_accuracy", "reconstruction_psnr", "object_area_ratio",
         "outline_psnr")
+
+
+def variant_overrides(variant: str) -> dict[str, object]:
+    """A named variant, or any one setting written ``section.key=value`` (``control.mask_blend_start=1.0``)."""
+    if variant in VARIANTS:
+        return VARIANTS[variant]
+    key, sep, value = variant.partition("=")
+    if not sep or "." not in key:
+        raise SystemExit(f"--variants: {variant!r} is neither one of {', '.join(VARIANTS)} nor a setting key=value")
+    return {key: yaml.safe_load(value)}
 
 
 def main() -> None:
@@ -94,13 +106,13 @@ def main() -> None:
         for variant, method in product(filter(None, args.variants.split(",")), methods):
             name = variant if len(methods) == 1 else f"{method}: {variant}"
             t = time.time()
-            scores, edited = run_case(models, apply_overrides(base, VARIANTS[variant]), method, cases[cid], shared)
+            scores, edited = run_case(models, apply_overrides(base, variant_overrides(variant)), method, cases[cid], shared)
             scores.update(shape_scores(torch.from_numpy(edited).permute(0, 3, 1, 2).float() / 127.5 - 1, cases[cid]))
             rows[cid][name] = {k: float(scores[k]) for k in KEYS}
             print(cid, name, {k: round(v, 2) for k, v in rows[cid][name].items()}, f"{time.time() - t:.0f} s", flush=True)
     table = [(f"{cid} {name} {k}", f"{v:.2f}") for cid, by in rows.items() for name, r in by.items() for k, v in r.items()]
     data = {"machine": machine(), "method": ",".join(methods), "device": args.device, "dtype": args.dtype,
-            "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": VARIANTS,
+            "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": {v: variant_overrides(v) for v in filter(None, args.variants.split(","))},
             "results": rows}
     name = "+".join(methods) if args.variants else "ceiling"
     write(f"{args.name}_{name}_{args.device.split(':')[0]}", data, table, args.out)

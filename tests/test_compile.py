@@ -152,3 +152,5 @@ def test_cli_compile_flag_sets_model_compile():
 
     assert _overrides(compile=True, gradient_checkpointing=None) == {"model.compile": True}
     assert _overrides(compile=None) == {}
+    assert _overrides(mask_blend=True, mask_blend_dilation=0) == {"control.mask_blend": True,
+                                                                   "control.mask_blend_dilation": 0}

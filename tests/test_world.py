@@ -550,12 +550,14 @@ def test_mask_blend_variant_renoises_only_texture_cases_and_shares_the_inversion
     cases = {c.kind: c for c in shapeworld_suite()}
     base = EditConfig()
     for kind in ("colour", "shape", "background", "texture"):
-        for method, dilation in (("vd-mask-blend", 0), ("vd-mask-blend-dilated", 1)):
+        per_edit = int(kind == "shape")  # room for a new outline only
+        for method, dilation in (("vd-mask-blend", 0), ("vd-mask-blend-dilated", 1), ("vd-mask-blend-per-edit", per_edit)):
             cfg = case_config(base, method, cases[kind])
             assert cfg.control.mask_blend and cfg.control.mask_blend_dilation == dilation
             assert cfg.control.mask_blend_renoise == (kind == "texture")
-        assert inversion_groups(base, ["videodirector", "vd-mask-blend", "vd-mask-blend-dilated"], cases[kind]) == [
-            ["videodirector", "vd-mask-blend", "vd-mask-blend-dilated"]]  # the blend acts in stage 2 only
+        blends = ["vd-mask-blend", "vd-mask-blend-dilated", "vd-mask-blend-per-edit"]
+        assert inversion_groups(base, ["videodirector", *blends], cases[kind]) == [
+            ["videodirector", *blends]]  # the blend acts in stage 2 only
 
 
 def test_shape_reader_knows_every_exact_shape_with_a_gray_box_and_a_tilt():

@@ -176,6 +176,7 @@ _KEYS = {
     "compile": "model.compile", "tau_s": "control.self_replace_steps", "tau_c": "control.cross_replace_steps",
     "cross_mode": "control.cross_mode", "edit_target": "control.edit_target", "null_text": "inversion.null_text",
     "mask_blend": "control.mask_blend", "renoise": "control.mask_blend_renoise",
+    "mask_blend_dilation": "control.mask_blend_dilation",
     "lora_steps": "i2vedit.lora_steps", "svd": "i2vedit.model", "svd_variant": "i2vedit.variant",
     "tune_steps": "video_p2p.tune_steps", "fast": "video_p2p.fast", "cross_window": "video_p2p.cross_replace_steps",
     "temporal_window": "video_p2p.temporal_replace_steps", "frame_attention": "video_p2p.frame_attention",
@@ -439,6 +440,9 @@ def edit(
     renoise: Optional[bool] = typer.Option(
         None, "--renoise/--no-renoise",
         help=_d("With --mask-blend: start the edited region from fresh noise (new textures).", "off")),
+    mask_blend_dilation: Optional[int] = typer.Option(
+        None, "--mask-blend-dilation", metavar="N",
+        help=_d("With --mask-blend: latent pixels of room around the object; 0 for a new colour, 1 for a new shape.", 1)),
     iterations: Optional[int] = IterOpt, lr: Optional[float] = LrOpt, no_smoothing: bool = NoSmoothOpt,
     no_fusion: bool = NoFusionOpt, no_sd_guidance: bool = NoSdOpt, t2v: Optional[str] = T2vOpt,
     t2v_model: Optional[str] = T2vModelOpt,
