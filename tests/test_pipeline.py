@@ -294,6 +294,26 @@ def test_mask_blend_keeps_the_source_outside_the_edit_region(tiny_cfg, tiny_mode
     assert err_plain > 0.01, err_plain  # measured without the blend: the decoder changes the background
 
 
+def test_background_mask_blend_keeps_the_object_in_pixels_only(tiny_cfg, tiny_models):
+    """A background edit's mask blend leaves the latents as the plain edit's (its few kept object cells would
+    pull the decoded background towards the source's colour) and puts the source's pixels on the object."""
+    from videodirector.io.masks import latent_keep_region
+
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 3, "inversion.null_inner_steps": 1,
+                                     "control.edit_target": "background"})
+    inv = Editor(cfg, models=tiny_models).method.invert(frames, masks, "a red circle moving right")
+    plain = Editor(cfg, models=tiny_models).edit(inv, "a red circle moving right on grass")
+    blended = Editor(apply_overrides(cfg, {"control.mask_blend": True}), models=tiny_models).edit(
+        inv, "a red circle moving right on grass")
+    assert torch.equal(blended.latents, plain.latents)
+    keep = latent_keep_region(masks, (8, 8), "background", 1)
+    inner = torch.nn.functional.interpolate(keep[0].permute(1, 0, 2, 3), size=(64, 64), mode="bilinear") == 1
+    inner = inner.expand_as(frames)
+    assert inner.any() and torch.allclose(blended.frames[inner], frames[inner], atol=1e-6)
+    assert (plain.frames - frames)[inner].abs().mean() > 0.01  # measured without the blend
+
+
 def test_renoised_region_takes_no_stdg_guidance(tiny_cfg, tiny_models):
     """With ``--renoise`` the cached G_t (computed on the source trajectory) is dropped where the edit starts
     from fresh noise: changing G there leaves the edit as it was, while without renoise the same change

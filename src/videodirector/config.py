@@ -213,7 +213,8 @@ class ControlConfig:
     source's own pixels where kept, ``x <- x + K_px (x_src - x)`` with ``K`` upsampled bilinearly (a soft
     edge of one latent pixel), as an inpainting overlay does: a decoded background is not the source's own
     pixels (the VAE round trip loses some of it, and the decoder carries part of an edited cell's change into
-    the cells around it). Needs masks."""
+    the cells around it). A background edit takes the second step only: its few kept object cells, decoded
+    with a new background around them, pull that background's colour back towards the source's. Needs masks."""
     mask_blend_dilation: int = 1
     """Latent pixels by which an object edit's region grows beyond the mask (room for a new outline)."""
     mask_blend_renoise: bool = False

@@ -303,7 +303,10 @@ class VideoDirector:
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,
                                       c.mask_blend_dilation).to(latents)
-        blend_from = int(c.mask_blend_start * T)
+        # the latent blend only where the kept source is the frame's context (an object edit keeps the background):
+        # the decoder mixes globally, so a background edit's few kept object cells would pull the new background's
+        # colour back towards the source's (ShapeWorld: navy came out teal); its object is kept in pixels below
+        blend_from = int(c.mask_blend_start * T) if c.edit_target == "object" else T
         if c.cross_mode == "replace":
             mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
         else:
