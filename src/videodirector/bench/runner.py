@@ -39,13 +39,16 @@ cases. ``vd-bg-no-appearance`` drops the appearance term on the object (``zeta_f
 ``benchmarks/stdg_background_probe.py`` found to cost background-edit reconstructions 6 to 15 dB."""
 OVERRIDES_BY_METHOD_AND_KIND = {m: {"texture": {"control.mask_blend_renoise": True}}
                                 for m in ("vd-mask-blend", "vd-mask-blend-dilated", "vd-mask-blend-per-edit")}
-OVERRIDES_BY_METHOD_AND_KIND["vd-mask-blend-per-edit"]["shape"] = {"control.mask_blend_dilation": 1}
+OVERRIDES_BY_METHOD_AND_KIND["vd-mask-blend-per-edit"].update(
+    {kind: {**OVERRIDES_BY_METHOD_AND_KIND["vd-mask-blend-per-edit"].get(kind, {}), "control.mask_blend_dilation": 0}
+     for kind in ("colour", "background", "texture")})
 """Settings a method takes on one kind of case only, as a user picks flags per edit (``--renoise`` for a
 new pattern). ``vd-mask-blend`` (and its two siblings) starts the background of texture edits from
 fresh noise: the inverted z_T keeps the source's pattern (texture edits failed for every method without it);
 on background-colour edits fresh noise would lose the pattern's phase (CPU probe: gt_psnr 22.1 -> 15.0 dB).
 ``vd-mask-blend-per-edit`` leaves a new shape one latent pixel of room and a new colour none, as the
-method page advises."""
+method page advises. A key here must not be one the method registers: ``api.Editor`` applies the
+method's registered settings again on top of the case's."""
 
 
 @dataclass(frozen=True)

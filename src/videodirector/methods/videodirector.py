@@ -438,8 +438,8 @@ register("vd-mask-blend", _make, {"control.mask_blend": True, "control.mask_blen
 register("vd-mask-blend-dilated", _make, {"control.mask_blend": True},
          "beyond the paper: vd-mask-blend with the option's default room around the object (control.mask_blend_dilation = 1 "
          "latent pixel; vd-mask-blend uses 0); on your own video: --mask-blend")
-# its room around the object is set per case by bench.runner (OVERRIDES_BY_METHOD_AND_KIND): 1 latent pixel on shape cases
-register("vd-mask-blend-per-edit", _make, {"control.mask_blend": True, "control.mask_blend_dilation": 0},
+# its room around the object is set per case by bench.runner (OVERRIDES_BY_METHOD_AND_KIND): none but on shape cases
+register("vd-mask-blend-per-edit", _make, {"control.mask_blend": True},
          "beyond the paper: the mask blend with the room chosen per edit as the docs advise: one latent pixel for a new "
          "shape, none for a new colour, background or texture; on your own video: --mask-blend, plus "
          "--mask-blend-dilation 0 for a colour edit")
