@@ -306,3 +306,21 @@ def test_background_rings_reads_a_stored_run(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(BENCH / "background_rings.py"), "--results", str(root), "--out", str(tmp_path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "expected source, ground truth and 3 methods" in proc.stderr
+
+
+def test_trajectory_probe_takes_a_named_variant_or_any_one_setting():
+    """``--variants`` names a stored variant or gives one setting as ``section.key=value``, parsed as YAML
+    (numbers, booleans, words); anything else stops with one line naming the choices."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trajectory_probe", BENCH / "trajectory_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.variant_overrides("tau_s=1.0") == {"control.self_replace_steps": 1.0}
+    assert probe.variant_overrides("control.mask_blend_start=1.0") == {"control.mask_blend_start": 1.0}
+    assert probe.variant_overrides("control.mask_blend_dilation=0") == {"control.mask_blend_dilation": 0}
+    assert probe.variant_overrides("control.sa1=false") == {"control.sa1": False}
+    assert probe.variant_overrides("inversion.null_text=none") == {"inversion.null_text": "none"}
+    for bad in ("tau_s", "mask_blend_start=1.0"):
+        with pytest.raises(SystemExit, match="neither one of"):
+            probe.variant_overrides(bad)
