@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--name", default="trajectory_probe", help="first part of the result files' name")
     args = ap.parse_args()
+    variants = {v: variant_overrides(v) for v in args.variants.split(",") if v}  # checked before any model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     from videodirector.api import bundled_model_config
@@ -103,16 +104,16 @@ def main() -> None:
         ceiling = {**score_edit(through_vae, cases[cid].source, cases[cid].target), **shape_scores(through_vae, cases[cid])}
         rows[cid] = {"ceiling": {k: float(ceiling[k]) for k in KEYS if k in ceiling}}
         print(cid, "ceiling", {k: round(v, 2) for k, v in rows[cid]["ceiling"].items()}, flush=True)
-        for variant, method in product(filter(None, args.variants.split(",")), methods):
+        for variant, method in product(variants, methods):
             name = variant if len(methods) == 1 else f"{method}: {variant}"
             t = time.time()
-            scores, edited = run_case(models, apply_overrides(base, variant_overrides(variant)), method, cases[cid], shared)
+            scores, edited = run_case(models, apply_overrides(base, variants[variant]), method, cases[cid], shared)
             scores.update(shape_scores(torch.from_numpy(edited).permute(0, 3, 1, 2).float() / 127.5 - 1, cases[cid]))
             rows[cid][name] = {k: float(scores[k]) for k in KEYS}
             print(cid, name, {k: round(v, 2) for k, v in rows[cid][name].items()}, f"{time.time() - t:.0f} s", flush=True)
     table = [(f"{cid} {name} {k}", f"{v:.2f}") for cid, by in rows.items() for name, r in by.items() for k, v in r.items()]
     data = {"machine": machine(), "method": ",".join(methods), "device": args.device, "dtype": args.dtype,
-            "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": {v: variant_overrides(v) for v in filter(None, args.variants.split(","))},
+            "settings": "25 DDIM steps, 10 null-text iterations, w = 3, 64 x 64, 16 frames", "variants": variants,
             "results": rows}
     name = "+".join(methods) if args.variants else "ceiling"
     write(f"{args.name}_{name}_{args.device.split(':')[0]}", data, table, args.out)

@@ -37,11 +37,12 @@ BACKGROUND_COEFFICIENTS_BY_METHOD = {"vd-bg-no-appearance": [0.5, 0.5, 0.0, 0.0]
 """Methods that differ from ``videodirector`` only in the STDG coefficients of background and texture
 cases. ``vd-bg-no-appearance`` drops the appearance term on the object (``zeta_f = 0``), which
 ``benchmarks/stdg_background_probe.py`` found to cost background-edit reconstructions 6 to 15 dB."""
-OVERRIDES_BY_METHOD_AND_KIND = {m: {"texture": {"control.mask_blend_renoise": True}}
-                                for m in ("vd-mask-blend", "vd-mask-blend-dilated", "vd-mask-blend-per-edit")}
-OVERRIDES_BY_METHOD_AND_KIND["vd-mask-blend-per-edit"].update(
-    {kind: {**OVERRIDES_BY_METHOD_AND_KIND["vd-mask-blend-per-edit"].get(kind, {}), "control.mask_blend_dilation": 0}
-     for kind in ("colour", "background", "texture")})
+_RENOISE, _NO_ROOM = {"control.mask_blend_renoise": True}, {"control.mask_blend_dilation": 0}
+OVERRIDES_BY_METHOD_AND_KIND = {
+    "vd-mask-blend": {"texture": _RENOISE},
+    "vd-mask-blend-dilated": {"texture": _RENOISE},
+    "vd-mask-blend-per-edit": {"colour": _NO_ROOM, "background": _NO_ROOM, "texture": {**_RENOISE, **_NO_ROOM}},
+}
 """Settings a method takes on one kind of case only, as a user picks flags per edit (``--renoise`` for a
 new pattern). ``vd-mask-blend`` (and its two siblings) starts the background of texture edits from
 fresh noise: the inverted z_T keeps the source's pattern (texture edits failed for every method without it);
