@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
 
 from videodirector.api import BUNDLED_WEIGHTS, Editor, bundled_model_config  # noqa: E402
-from videodirector.bench.runner import case_config, shapeworld_suite  # noqa: E402
+from videodirector.bench.runner import case_overrides, shapeworld_suite  # noqa: E402
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.methods.i2vedit import clip_ranges  # noqa: E402
 from videodirector.metrics.ground_truth import psnr  # noqa: E402
@@ -69,7 +69,7 @@ def run_cases(base: EditConfig, cases: list, ranges: list[tuple[int, int]], fram
         target_video = render(tgt)[0][0]
         inv = None
         for method in METHODS:
-            editor = Editor(case_config(base, method, case), method=method, models=models)
+            editor = Editor(base, method=method, models=models, overrides=case_overrides(method, case))
             models = editor.models
             if inv is None:  # skip-interval changes only the edit (clip 1's keys/values are read there)
                 inv = editor.invert(video, masks, src.caption(), use_cache=False)

@@ -314,6 +314,26 @@ def test_background_mask_blend_keeps_the_object_in_pixels_only(tiny_cfg, tiny_mo
     assert (plain.frames - frames)[inner].abs().mean() > 0.01  # measured without the blend
 
 
+def test_editor_overrides_win_over_the_methods_registered_settings(tiny_cfg, tiny_models):
+    """``vd-mask-blend`` registers no room around the object; an edit's own ``overrides`` of that key give it
+    one latent pixel: the ring between the two keep regions is edited, not reset to the source's z_0."""
+    from videodirector.io.masks import latent_keep_region
+
+    frames, masks = toy_inputs()
+    cfg = apply_overrides(tiny_cfg, {"inversion.num_steps": 3, "inversion.null_inner_steps": 1})
+    inv = Editor(cfg, models=tiny_models).method.invert(frames, masks, "a red circle moving right")
+    registered = Editor(cfg, method="vd-mask-blend", models=tiny_models)
+    roomy = Editor(cfg, method="vd-mask-blend", models=tiny_models, overrides={"control.mask_blend_dilation": 1})
+    assert (registered.cfg.control.mask_blend_dilation, roomy.cfg.control.mask_blend_dilation) == (0, 1)
+    assert roomy.cfg.control.mask_blend  # the registered key it does not name stays
+    ring = (latent_keep_region(masks, (8, 8), "object", 0) - latent_keep_region(masks, (8, 8), "object", 1)).bool()
+    z0 = inv.latents[0][None]
+    for editor, kept in ((registered, True), (roomy, False)):
+        latents = editor.edit(inv, "a blue circle moving right").latents
+        at_ring = ring.expand_as(latents)
+        assert at_ring.any() and torch.equal(latents[at_ring], z0[at_ring]) is kept
+
+
 def test_renoised_region_takes_no_stdg_guidance(tiny_cfg, tiny_models):
     """With ``--renoise`` the cached G_t (computed on the source trajectory) is dropped where the edit starts
     from fresh noise: changing G there leaves the edit as it was, while without renoise the same change

@@ -118,9 +118,11 @@ class Editor:
     """Loads models once; inverts videos (with a cache) and edits them with any registered method."""
 
     def __init__(self, cfg: EditConfig, method: str | None = None, models: ModelBundle | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, overrides: dict[str, Any] | None = None) -> None:
+        """``overrides``: dotted settings of this one edit (``{"control.mask_blend_dilation": 0}``), applied
+        after the method's registered ones, so they win where both name a key."""
         method = method or cfg.method or "videodirector"  # the config's method (official Video-P2P YAMLs)
-        self.cfg = method_config(method, cfg)
+        self.cfg = apply_overrides(method_config(method, cfg), overrides or {})
         self.method_name = method
         if self.cfg.model.threads:
             torch.set_num_threads(self.cfg.model.threads)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..api import BUNDLED_GUIDANCE_SCALE, BUNDLED_WEIGHTS, Editor, bundled_model_config, inversion_settings
+from ..api import (BUNDLED_GUIDANCE_SCALE, BUNDLED_WEIGHTS, Editor, bundled_model_config, inversion_settings,
+                   method_config)
 from ..config import EditConfig, apply_overrides
 from ..errors import UserError
 from ..io.outputs import atomic_write_bytes, to_uint8, write_json
@@ -48,8 +49,7 @@ new pattern). ``vd-mask-blend`` (and its two siblings) starts the background of 
 fresh noise: the inverted z_T keeps the source's pattern (texture edits failed for every method without it);
 on background-colour edits fresh noise would lose the pattern's phase (CPU probe: gt_psnr 22.1 -> 15.0 dB).
 ``vd-mask-blend-per-edit`` leaves a new shape one latent pixel of room and a new colour none, as the
-method page advises. A key here must not be one the method registers: ``api.Editor`` applies the
-method's registered settings again on top of the case's."""
+method page advises. A key here wins over the same key in the method's registered settings."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,21 @@ def shapeworld_suite(name: str = DEFAULT_SUITE) -> list[Case]:
     return cases
 
 
-def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
-    over: dict[str, Any] = dict(METHODS[method][1])
+def case_overrides(method: str, case: Case) -> dict[str, Any]:
+    """The settings ``method`` takes on ``case`` beyond its registered ones, as a user would pass them for
+    this edit (``api.Editor``'s ``overrides``): the background as the edit target, and the per-kind flags."""
+    over: dict[str, Any] = {}
     if case.kind in ("background", "texture"):
         over["control.edit_target"] = "background"
-        if over.get("stdg.enabled", True):
+        if METHODS[method][1].get("stdg.enabled", True):
             over["stdg.coefficients"] = BACKGROUND_COEFFICIENTS_BY_METHOD.get(method, BACKGROUND_COEFFICIENTS)
     over.update(OVERRIDES_BY_METHOD_AND_KIND.get(method, {}).get(case.kind, {}))
-    return apply_overrides(base, over)
+    return over
+
+
+def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
+    """The configuration ``method`` runs ``case`` with: what ``api.Editor`` builds from the same arguments."""
+    return apply_overrides(method_config(method, base), case_overrides(method, case))
 
 
 def inversion_key(cfg: EditConfig, method: str | None = None) -> str:
@@ -175,8 +182,8 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: 
 
     ``shared``: a memo of ``(case id, inversion_key) -> (inversion, reconstruction PSNR)`` filled and
     reused across the methods of a case; the reported ``time_s`` still includes the inversion's time."""
-    cfg = case_config(base, method, case)
-    editor = Editor(cfg, method=method, models=editor_models)
+    editor = Editor(base, method=method, models=editor_models, overrides=case_overrides(method, case))
+    cfg = editor.cfg
     frames, masks = (x[0] for x in render(case.source))
     key = (case.id, inversion_key(cfg, method))
     if shared is not None and key in shared:
