@@ -95,6 +95,20 @@ def test_existing_output_is_not_overwritten(tiny_paths, inputs, capsys, monkeypa
     assert code == 2 and "--overwrite" in err and (inputs / "out" / "keep.txt").read_text() == "mine"
 
 
+def test_command_line_flags_win_over_a_variants_settings(tiny_paths, inputs, monkeypatch):
+    """``vd-mask-blend`` registers no room around the object; ``--mask-blend-dilation 1`` given with it is
+    what the edit runs with (result.json's config), and without the flag the variant's 0 stays."""
+    import json
+
+    for flag, dilation in ((["--mask-blend-dilation", "1"], 1), ([], 0)):
+        out = inputs / f"out{dilation}"
+        args = [*_base(tiny_paths, inputs), "--method", "vd-mask-blend", *flag, "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", ["videodirector", *args])
+        cli.main()
+        control = json.loads((out / "result.json").read_text())["config"]["control"]
+        assert control["mask_blend"] and control["mask_blend_dilation"] == dilation
+
+
 @pytest.mark.parametrize("shard, expected", [("3/2", "shard 3/2 is out of range"), ("a/b", "is not I/N")])
 def test_bench_bad_shard(shard, expected, tmp_path, capsys, monkeypatch):
     code, err = run_cli(["bench", "--shard", shard, "--results", str(tmp_path), "--cases", "1"], capsys, monkeypatch)

@@ -476,7 +476,8 @@ def edit(
     contact_sheet.png and result.json (with the reconstruction PSNR)."""
     _threads(threads)
     method = _method(method, config)
-    cfg = _config(config, _overrides(**locals()))
+    flags = _overrides(**locals())
+    cfg = _config(config, flags)
     if _needs_prompts(method):
         _require_prompts(cfg, target=True)
     _preflight(out, overwrite, cache_dir, use_cache=not no_cache, inputs=(cfg.input.video, cfg.input.masks))
@@ -489,7 +490,7 @@ def edit(
     if first_frame_prompt:
         cfg, scratch = _first_frame_from_text(cfg, frames_[0], first_frame_prompt, first_frame is not None)
         extra = {"first_frame_prompt": first_frame_prompt}
-    editor = Editor(cfg, method=method, cache_dir=cache_dir)
+    editor = Editor(cfg, method=method, cache_dir=cache_dir, overrides=flags)  # flags win over a variant's settings
     editor.check_prompts()
     check_interrupt()
     with progress_bar() as cb:
@@ -533,7 +534,8 @@ def invert(
     video, masks, prompt, model and settings; later 'edit' runs with new target prompts reuse it."""
     _threads(threads)
     method = _method(method, config)
-    cfg = _config(config, _overrides(**locals()))
+    flags = _overrides(**locals())
+    cfg = _config(config, flags)
     if _needs_prompts(method):
         _require_prompts(cfg, target=False)
     _preflight(None, False, cache_dir)
@@ -542,7 +544,7 @@ def invert(
     frames_, masks_ = load_inputs(cfg)
     check_interrupt()
     _quiet()
-    editor = Editor(cfg, method=method, cache_dir=cache_dir)
+    editor = Editor(cfg, method=method, cache_dir=cache_dir, overrides=flags)
     check_interrupt()
     with progress_bar() as cb:
         inv = editor.invert(frames_, masks_, progress=cb, overwrite_cache=overwrite)
