@@ -324,3 +324,20 @@ def test_trajectory_probe_takes_a_named_variant_or_any_one_setting():
     for bad in ("tau_s", "mask_blend_start=1.0"):
         with pytest.raises(SystemExit, match="neither one of"):
             probe.variant_overrides(bad)
+
+
+def test_latent_reset_probe_keeps_the_source_latents_where_the_edit_must_keep_them(tmp_path: Path) -> None:
+    """Two steps on the bundled models: a background case keeps the object's latent cells (its masks' share of
+    the latent, as ``latent_keep_region`` counts it), and the decoded composite scores unlike the plain edit."""
+    from videodirector.bench.runner import select_cases
+    from videodirector.io.masks import latent_keep_region
+    from videodirector.world.scene import render
+
+    _run("latent_reset_probe.py", "--cases", "24-background", "--steps", "2", "--inner-steps", "1", "--threads", "1",
+         "--out", str(tmp_path), "--name", "probe")
+    row = json.loads((tmp_path / "probe_cpu.json").read_text())["results"]["24-background"]
+    masks = render(select_cases(case_ids=["24-background"])[0].source)[1][0]
+    assert row["edit_target"] == "background"
+    keep = latent_keep_region(masks, tuple(row["latent_hw"]), "background", 0)
+    assert row["kept_latent_fraction"] == pytest.approx(float(keep.mean())) and 0 < keep.mean() < 0.5
+    assert row["edit"] != row["source latents kept"] and all(map(_finite, row["edit"].values()))
