@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,7 +195,7 @@ def test_control_processors_equal_the_straightforward_path():
     eq = torch.rand(tokens) + 0.5  # reweights every token, aligned (alpha 1) and new (alpha 0) alike
     for mode, mapper in (("replace", mapper_replace), ("refine", mapper_refine)):
         # without a blend the edited map is never formed (value mixing); with one it is, and recorded
-        for blend, form_maps in ((None, False), (None, True), (LocalBlend([1], [2], n, (4, 4)), False)):
+        for blend, form_maps in ((None, False), (None, True), (LocalBlend([1], [2], (4, 4), level=0), False)):
             proc = CrossControlProcessor(cross, ctx, mode, mapper, alphas, eq, blend)
             proc.form_maps = form_maps
             for step in (0, 9):  # controlled, then past cross_steps
@@ -264,3 +266,29 @@ def test_sa1_leaves_renoised_queries_their_own_attention():
     assert torch.allclose(freed[e][:, :, 6:], sa1[e][:, :, 6:], atol=1e-6)
     assert not torch.allclose(sa1[e][:, :, :6], plain[e][:, :, :6], atol=1e-3)  # SA-I did act there
     assert torch.equal(freed[:f], sa1[:f]) and torch.equal(freed[2 * f:], sa1[2 * f:])
+
+
+def test_unet_level_sizes_match_the_unets_feature_maps_at_any_latent_size(tiny_models):  # noqa: ANN001
+    """Latents whose sides are not powers of two (a 720p video's latent has 90 rows): every spatial self-attention
+    of the real UNet sees exactly the token counts ``unet_level_hw`` gives, so SA-I's and the local blend's level
+    tests and the masks per token count find their layers. Rounding down would give 2 x 2 at level 1 of a 5 x 6
+    latent, where the UNet has 3 x 3."""
+    from videodirector.attention.control import unet_level_hw
+
+    assert unet_level_hw((90, 160), 2) == (23, 40) and unet_level_hw((5, 6), 1) == (3, 3)
+    unet = tiny_models.unet
+    seen: set[int] = set()
+    hooks = [mod.register_forward_hook(lambda mod, args, kwargs, out: seen.add(args[0].shape[1]), with_kwargs=True)
+             for name, mod in unet.named_modules() if name.endswith("attn1") and "motion_modules" not in name]
+    try:
+        with torch.no_grad():
+            for latent_hw in ((5, 6), (8, 8), (7, 12)):
+                seen.clear()
+                z = torch.randn(1, 4, 2, *latent_hw)
+                tiny_models.eps(z, 10, torch.randn(2, 77, unet.config.cross_attention_dim))
+                levels = len(unet.config.block_out_channels)
+                want = {math.prod(unet_level_hw(latent_hw, level)) for level in range(levels)}
+                assert seen and seen <= want and max(want) in seen, (latent_hw, seen, want)
+    finally:
+        for h in hooks:
+            h.remove()

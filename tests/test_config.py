@@ -47,8 +47,15 @@ def test_overrides_and_validation():
     assert cfg.inversion.num_steps == 10 and cfg.seed == 3
     with pytest.raises(ConfigError, match="multiples of 8"):
         load_config_from({"input": {"height": 500}})
-    with pytest.raises(ConfigError, match="1 to 32 frames"):
-        load_config_from({"input": {"num_frames": 64}})
+    with pytest.raises(ConfigError, match="1 to 1024 frames"):
+        load_config_from({"input": {"num_frames": 2000}})
+    from videodirector.methods import catalog  # noqa: F401  (registers every method)
+    from videodirector.methods.base import check_frames
+
+    check_frames(64, "i2vedit")  # in clips
+    for method in ("videodirector", "video-p2p", "assd"):  # the method run decides, not the sections a YAML holds
+        with pytest.raises(ConfigError, match="1 to 32 frames"):
+            check_frames(64, method)
 
 
 def load_config_from(data, tmp=None):

@@ -45,6 +45,7 @@ CASES = {
     "mask count": (lambda b, d: [*b, "--masks", str(d / "m3")], "3 masks"),
     "mask size": (lambda b, d: [*b, "--masks", str(d / "msize")], "mask size 8x8 differs from video size 64x64"),
     "edit word absent": (lambda b, d: [*b, "--edit-words", "zebra"], "'zebra' does not appear"),
+    "edit weight without words": (lambda b, d: [*b, "--edit-weight", "2"], "name the words too"),
     "too many frames": (lambda b, d: [*b, "--frames", "40"], "1 to 32 frames"),
     "frames beyond video": (lambda b, d: [*b, "--frames", "24"], "has 16 frames but 24"),
     "unknown config key": (lambda b, d: ["edit", str(d / "bad.yaml")], "unknown config key 'inversion.stepz'"),
@@ -93,6 +94,13 @@ def test_existing_output_is_not_overwritten(tiny_paths, inputs, capsys, monkeypa
     (inputs / "out" / "keep.txt").write_text("mine")
     code, err = run_cli(_base(tiny_paths, inputs), capsys, monkeypatch)
     assert code == 2 and "--overwrite" in err and (inputs / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_edit_weight_zero_is_a_weight():
+    """``--edit-weight 0`` removes the words' attention (a valid weight), it does not fall back to 1."""
+    over = cli._overrides(edit_words="blue, circle", edit_weight=0.0)
+    assert over["prompts.equalizer_words"] == ["blue", "circle"] and over["prompts.equalizer_values"] == [0.0, 0.0]
+    assert cli._overrides(edit_words="blue")["prompts.equalizer_values"] == [1.0]
 
 
 def test_command_line_flags_win_over_a_variants_settings(tiny_paths, inputs, monkeypatch):

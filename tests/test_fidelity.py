@@ -220,7 +220,7 @@ def test_official_blend_words_are_not_applied_and_say_so_once(warnings_said):
 
 
 def test_local_blend_waits_for_its_start_step():
-    blend = LocalBlend([1], [1], tokens=16, latent_hw=(4, 4), start_step=2)
+    blend = LocalBlend([1], [1], latent_hw=(4, 4), start_step=2, level=0)
     z, ref = torch.full((1, 4, 3, 4, 4), 5.0), torch.zeros(1, 4, 3, 4, 4)
     assert torch.equal(blend.apply(3, z, ref), z)  # nothing recorded yet
     maps = torch.zeros(3, 1, 16, 77)

@@ -284,9 +284,12 @@ def test_clip_ranges_and_join_drop_one_frame_per_later_clip() -> None:
     assert clip_ranges(48, 14) == [(0, 14), (13, 14), (26, 14), (39, 9)]
     from videodirector.config import validate
 
+    from videodirector.methods.base import check_frames
+
     validate(apply_overrides(EditConfig(), {"input.num_frames": 48, "i2vedit.chunk_size": 14}))  # long videos
-    with pytest.raises(ConfigError, match="32 frames"):
-        validate(apply_overrides(EditConfig(), {"input.num_frames": 48}))  # AnimateDiff's limit stays
+    check_frames(48, "i2vedit-no-sarp")
+    with pytest.raises(ConfigError, match="32 frames"):  # AnimateDiff's limit stays, with an i2vedit section too
+        check_frames(48, "videodirector")
     for total, chunk in ((21, 11), (48, 14), (30, 16)):
         clips = clip_ranges(total, chunk)
         video = torch.arange(total)
@@ -336,6 +339,43 @@ def test_edit_runs_clips_and_caches_the_lora(svd, tmp_path: Path) -> None:  # no
     for m in (method, again, lean, disk, per):
         m.close()
     assert not list(tmp_path.glob("i2vedit-store-*"))  # the disk store's scratch folders are gone
+
+
+def test_a_cached_inversion_of_several_clips_is_read_back(svd, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    """Five frames in clips of 3 store 6 frames (the shared one twice): the inversion cache accepts that entry
+    on the next run, without a notice, instead of computing it again."""
+    from videodirector.api import Editor
+
+    cfg = apply_overrides(EditConfig(), {"i2vedit.num_steps": 2, "i2vedit.motion_lora": False, "i2vedit.chunk_size": 3,
+                                         "input.height": 32, "input.width": 32})
+    frames = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    masks = torch.ones(5, 1, 32, 32, dtype=torch.bool)
+    first, again = (Editor(cfg, method="i2vedit", models=svd, cache_dir=tmp_path).invert(frames, masks, "")
+                    for _ in range(2))
+    assert first.source_frames.shape[0] == 6 and not first.meta["cache"]["hit"]
+    assert again.meta["cache"]["hit"] and torch.equal(again.latents, first.latents)
+    assert "notice" not in capsys.readouterr().err
+
+
+def test_disk_store_scratch_goes_without_close(tmp_path: Path) -> None:
+    """A disk store's scratch folder (gigabytes at SVD's size) is removed once the store is dropped, and at exit
+    in a process that never calls close(), not only by close()."""
+    import gc
+    import subprocess
+    import sys
+
+    store = AttentionStore("disk", str(tmp_path))
+    store.put(0, "q", torch.ones(2, 3))
+    store.finish_step(0)
+    assert list(tmp_path.glob("i2vedit-store-*/0000.safetensors"))
+    del store
+    gc.collect()
+    assert not list(tmp_path.iterdir())
+    code = ("import sys, torch; from videodirector.methods.i2vedit import AttentionStore; "
+            "s = AttentionStore('disk', sys.argv[1]); s.put(0, 'q', torch.ones(2)); s.finish_step(0); "
+            "print(len(list(s.folder.iterdir())))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1" and not list(tmp_path.iterdir())
 
 
 def test_skip_interval_training_reads_clip1_at_the_training_size(svd) -> None:  # noqa: ANN001
@@ -608,6 +648,10 @@ def test_demo_shares_stage_one_between_its_edits_without_touching_the_users_cach
     assert lora == {"object_edit"}, sorted(set(stages))
     assert set(metrics["edits"]) == {"object_edit", "background_edit"}
     assert not user_cache.exists() or not any(user_cache.rglob("*"))
+    import av
+
+    with av.open(str(next((tmp_path / "demo").rglob("edited.mp4")))) as video:  # at the rate the edit was conditioned on
+        assert video.streams.video[0].average_rate == I2VEditSettings().fps == 7
 
 
 def test_bundled_image_to_video_model_carries_a_colour_edit_through_the_clip() -> None:

@@ -22,7 +22,7 @@ from videodirector.errors import CacheEntryError, InputError, OutputExistsError,
 from videodirector.io import video as video_mod
 from videodirector.io.masks import load_masks, read_mask_frames
 from videodirector.io.outputs import (MANIFEST, OWNER, atomic_folder, check_output_location, clean_stale_temp,
-                                      contact_sheet, hstack_videos, write_video)
+                                      contact_sheet, hstack_videos, staged_entries, write_video)
 from videodirector.io.video import load_video, probe_video, read_frames, sample_indices, sampling_notice
 from videodirector.methods.base import Inversion
 
@@ -664,3 +664,28 @@ def test_damaged_cache_entry_can_be_replaced_atomically(tmp_path):
     with atomic_folder(legacy, overwrite=True, own_files=Inversion.FILES) as tmp:
         _inversion().save(tmp)
     assert Inversion.load(legacy).num_steps == 3
+
+
+def test_staged_entries_replace_only_what_the_export_writes(tmp_path: Path) -> None:
+    """An export into a folder that holds more (the package's weights/ holds both bundled models) replaces its own
+    entries whole and leaves the others; a failed export leaves the folder as it was. No staging folder stays."""
+    dest = tmp_path / "weights"
+    (dest / "sd").mkdir(parents=True)
+    (dest / "sd" / "stale.bin").write_text("old")
+    (dest / "i2v").mkdir()
+    (dest / "i2v" / "model_index.json").write_text("{}")
+    with staged_entries(dest) as staged:
+        (staged / "sd").mkdir()
+        (staged / "sd" / "unet.bin").write_text("new")
+        (staged / "training.json").write_text("{}")
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "i2v/model_index.json", "sd/unet.bin", "training.json"]
+    with pytest.raises(RuntimeError):
+        with staged_entries(dest) as staged:
+            (staged / "sd").mkdir()
+            raise RuntimeError("export failed")
+    assert (dest / "sd" / "unet.bin").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
+    with staged_entries(tmp_path / "fresh") as staged:  # a destination that does not exist yet
+        (staged / "training.json").write_text("{}")
+    assert (tmp_path / "fresh" / "training.json").is_file()

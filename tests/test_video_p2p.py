@@ -22,7 +22,7 @@ from videodirector.errors import ConfigError, InputError, UserError
 from videodirector.methods.video_p2p import OFFICIAL_TRAINABLE, VideoP2P, trainable_parameters
 from videodirector.models.t2s import FrameAttnProcessor, T2SUNet, load_t2s_models
 
-from conftest import EPS32, assert_within_rounding, toy_inputs
+from conftest import assert_within_rounding, toy_inputs
 
 FRAMES = 4
 
@@ -264,7 +264,7 @@ def test_replace_mapper_maps_words_by_position(tiny_paths):
 def test_local_blend_mask_follows_the_official_steps():
     torch.manual_seed(0)
     f, heads, r, latent = 2, 3, 4, (8, 8)
-    blend = LocalBlend([1], [2, 3], r * r, latent, threshold=0.3, start_step=2)
+    blend = LocalBlend([1], [2, 3], latent, threshold=0.3, start_step=2, level=1)
     recon, edit = 0.01 * torch.rand(f, heads, r * r, 77), 0.01 * torch.rand(f, heads, r * r, 77)
     recon[:, :, 5, 1] = 1.0  # the source word at pixel (1, 1)
     edit[0, :, 10, 2] = 1.0  # the target word at pixel (2, 2) in frame 0, at (3, 3) in frame 1

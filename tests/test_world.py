@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -264,7 +265,11 @@ def test_motion_stage_trains_only_the_adapter_and_the_cross_attention_keys_value
     finally:
         train.STAGE_STEPS.update(old[0])
         train.STAGE_BATCH.update(old[1])
+    (tmp_path / "w" / "i2v").mkdir(parents=True)  # the package's weights/ holds the image-to-video model too
+    (tmp_path / "w" / "i2v" / "model_index.json").write_text("{}")
     info = export(tmp_path / "run", tmp_path / "w")
+    assert (tmp_path / "w" / "i2v" / "model_index.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "w"]  # no staging folder left beside it
     assert info["motion_stage_trains_cross_kv"] and info["steps"]["motion"] > 2
     history = json.loads((weights / "training.json").read_text()).get("motion_eval", [])
     assert info["motion_eval"][: len(history)] == history and len(info["motion_eval"]) == len(history) + 1
@@ -606,3 +611,23 @@ def test_background_error_by_distance_puts_an_error_in_its_ring():
         assert rows[">16"]["fraction"] == 0.0 and math.isnan(rows[">16"]["psnr"])  # corners are 16 px away: empty
         mse = sum(r["fraction"] * 10 ** (-r["psnr"] / 10) for r in rows.values() if r["fraction"])
         assert -10 * torch.log10(torch.tensor(mse)).item() == pytest.approx(psnr(edited, source, ~mask), abs=1e-4)
+
+
+def test_bench_resumes_only_cases_made_with_its_settings(tmp_path):
+    """A stored case made with --steps 25 is refused in one line by a run with --steps 10 (the summary would mix
+    the two), taken by a run with the same settings whatever its device, and files written before the settings
+    were stored are taken as they are."""
+    from videodirector.bench.runner import _stored_record, bench_settings
+    from videodirector.errors import UserError
+
+    base25 = apply_overrides(EditConfig(), {"inversion.num_steps": 25, "model.device": "cuda"})
+    f = tmp_path / "00-colour.json"
+    f.write_text(json.dumps({"case": "00-colour", "gt_psnr": 30.0, "bench_settings": bench_settings(base25, {"seed": 1})}))
+    same = apply_overrides(base25, {"model.device": "cpu", "model.dtype": "float32"})
+    assert _stored_record(f, bench_settings(same, {"seed": 1}))["gt_psnr"] == 30.0
+    for other, over in ((apply_overrides(base25, {"inversion.num_steps": 10}), {"seed": 1}), (base25, {"seed": 2})):
+        with pytest.raises(UserError, match="made with other bench settings") as err:
+            _stored_record(f, bench_settings(other, over))
+        assert "another --results" in str(err.value)
+    f.write_text(json.dumps({"case": "00-colour", "gt_psnr": 30.0}))
+    assert _stored_record(f, bench_settings(base25))["gt_psnr"] == 30.0

@@ -28,7 +28,7 @@ from .io.masks import check_masks_match, load_masks
 from .io.outputs import atomic_folder, contact_sheet, hstack_videos, mask_overlay, to_uint8, write_json, write_video
 from .io.video import load_video_with_info
 from .methods import catalog as _catalog  # noqa: F401  (registers every method and its settings)
-from .methods.base import METHODS, MODEL_LOADERS, EditResult, Inversion, Progress, no_progress
+from .methods.base import METHODS, MODEL_LOADERS, EditResult, Inversion, Progress, check_frames, no_progress
 from .models.loading import ModelBundle, load_models, resolve_dtype
 from .notices import warn
 
@@ -123,6 +123,7 @@ class Editor:
         after the method's registered ones, so they win where both name a key."""
         method = method or cfg.method or "videodirector"  # the config's method (official Video-P2P YAMLs)
         self.cfg = apply_overrides(method_config(method, cfg), overrides or {})
+        check_frames(self.cfg.input.num_frames, method)  # before any model loads
         self.method_name = method
         if self.cfg.model.threads:
             torch.set_num_threads(self.cfg.model.threads)
@@ -203,10 +204,12 @@ class Editor:
         return inv
 
     def _expected_meta(self, frames: Tensor, masks: Tensor, source_prompt: str) -> dict[str, Any]:
-        """What a cache entry for these inputs must say of itself (checked on read)."""
+        """What a cache entry for these inputs must say of itself (checked on read). A method that stores its
+        frames otherwise (I2VEdit: clips side by side) says which shapes through ``stored_shapes``."""
+        stored = getattr(self.method, "stored_shapes", None)
         return {"source_prompt": source_prompt,
                 "num_steps": getattr(self.method, "inversion_steps", self.cfg.inversion.num_steps),
-                "shape": {"source_frames": list(frames.shape), "masks": list(masks.shape)}}
+                "shape": stored(frames) if stored else {"source_frames": list(frames.shape), "masks": list(masks.shape)}}
 
     @oom_guard
     def edit(self, inversion: Inversion, target_prompt: str | None = None, progress: Progress = no_progress) -> EditResult:
@@ -225,7 +228,7 @@ class Editor:
         """Write edited.mp4/.gif, side_by_side.mp4 (source | edited | mask), contact_sheet.png (source, edited,
         mask, reconstruction and ``extra["rows"]``) and result.json, with the reconstruction PSNR: how well
         stage 1 gives back the source (the decoded end of its trajectory against the source frames)."""
-        fps = self.cfg.output.fps
+        fps = getattr(self.method, "output_fps", self.cfg.output.fps)  # I2VEdit: the rate its edit is conditioned on
         extra = dict(extra or {})
         rows = dict(extra.pop("rows", {}))
         src = to_uint8(getattr(self.method, "source_video", lambda inv: inv.source_frames)(inversion))

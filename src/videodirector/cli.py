@@ -220,8 +220,12 @@ def _overrides(**kw: Any) -> dict[str, Any]:
     out.update({key: False for flag, key in _OFF_FLAGS.items() if kw.get(flag)})
     if kw.get("edit_words"):
         words = [w.strip() for w in kw["edit_words"].split(",") if w.strip()]
+        weight = kw.get("edit_weight")
         out["prompts.equalizer_words"] = words
-        out["prompts.equalizer_values"] = [float(kw.get("edit_weight") or 1.0)] * len(words)
+        out["prompts.equalizer_values"] = [float(1.0 if weight is None else weight)] * len(words)
+    elif kw.get("edit_weight") is not None:
+        raise UserError("--edit-weight sets the cross-attention weight of --edit-words; name the words too, "
+                        "e.g. --edit-words tiger --edit-weight 2")
     if kw.get("stdg"):
         out["stdg.coefficients"] = _numbers("--stdg", kw["stdg"], 4)
     if kw.get("blend_words"):
@@ -247,6 +251,14 @@ def _overrides(**kw: Any) -> dict[str, Any]:
         out.update(bundled_model_config(kw.get("device") or "auto"))
         out.setdefault("inversion.guidance_scale", BUNDLED_GUIDANCE_SCALE)
     return out
+
+
+def _check_frames(cfg: Any, method: str) -> None:
+    """The method's own frame limit (AnimateDiff's 32; I2VEdit more), before the video is read."""
+    from .methods import catalog  # noqa: F401  (registers every method)
+    from .methods.base import check_frames
+
+    check_frames(cfg.input.num_frames, method)
 
 
 def _config(config: Optional[Path], overrides: dict[str, Any]):  # noqa: ANN202
@@ -478,6 +490,7 @@ def edit(
     method = _method(method, config)
     flags = _overrides(**locals())
     cfg = _config(config, flags)
+    _check_frames(cfg, method)
     if _needs_prompts(method):
         _require_prompts(cfg, target=True)
     _preflight(out, overwrite, cache_dir, use_cache=not no_cache, inputs=(cfg.input.video, cfg.input.masks))
@@ -487,29 +500,31 @@ def edit(
     check_interrupt()
     _quiet()
     scratch, extra = None, {}
-    if first_frame_prompt:
-        cfg, scratch = _first_frame_from_text(cfg, frames_[0], first_frame_prompt, first_frame is not None)
-        extra = {"first_frame_prompt": first_frame_prompt}
-    editor = Editor(cfg, method=method, cache_dir=cache_dir, overrides=flags)  # flags win over a variant's settings
-    editor.check_prompts()
-    check_interrupt()
-    with progress_bar() as cb:
-        inv = editor.invert(frames_, masks_, progress=cb, use_cache=not no_cache)
-        if inv.meta.get("cache", {}).get("hit"):
-            console.print(f"using cached inversion {inv.meta['cache']['folder']}", highlight=False)
-        targets = _edit_targets(cfg, method)
-        results = [editor.edit(inv, t or None, progress=cb) for t in targets]
-    check_interrupt()
-    if len(results) > 1:  # I2VEdit with several edited first frames (official keyframe_paths): out/edit0, edit1, ...
-        for k, (t, r) in enumerate(zip(targets, results)):
-            editor.save(r, inv, Path(out) / f"edit{k}", overwrite, {**extra, "first_frame": t})
-        console.print(f"wrote {out}/edit0 ... edit{len(results) - 1}", highlight=False)
-        return
-    editor.save(results[0], inv, out, overwrite, extra)
-    if scratch is not None:
-        import shutil
+    try:
+        if first_frame_prompt:
+            cfg, scratch = _first_frame_from_text(cfg, frames_[0], first_frame_prompt, first_frame is not None)
+            extra = {"first_frame_prompt": first_frame_prompt}
+        editor = Editor(cfg, method=method, cache_dir=cache_dir, overrides=flags)  # flags win over a variant's settings
+        editor.check_prompts()
+        check_interrupt()
+        with progress_bar() as cb:
+            inv = editor.invert(frames_, masks_, progress=cb, use_cache=not no_cache)
+            if inv.meta.get("cache", {}).get("hit"):
+                console.print(f"using cached inversion {inv.meta['cache']['folder']}", highlight=False)
+            targets = _edit_targets(cfg, method)
+            results = [editor.edit(inv, t or None, progress=cb) for t in targets]
+        check_interrupt()
+        if len(results) > 1:  # I2VEdit with several edited first frames (official keyframe_paths): out/edit0, ...
+            for k, (t, r) in enumerate(zip(targets, results)):
+                editor.save(r, inv, Path(out) / f"edit{k}", overwrite, {**extra, "first_frame": t})
+            console.print(f"wrote {out}/edit0 ... edit{len(results) - 1}", highlight=False)
+            return
+        editor.save(results[0], inv, out, overwrite, extra)
+    finally:  # the first frame edited from text is scratch, whatever happened
+        if scratch is not None:
+            import shutil
 
-        shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     console.print(f"wrote {out}/edited.mp4, side_by_side.mp4, contact_sheet.png, result.json", highlight=False)
 
 
@@ -536,6 +551,7 @@ def invert(
     method = _method(method, config)
     flags = _overrides(**locals())
     cfg = _config(config, flags)
+    _check_frames(cfg, method)
     if _needs_prompts(method):
         _require_prompts(cfg, target=False)
     _preflight(None, False, cache_dir)

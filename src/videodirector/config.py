@@ -355,7 +355,6 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`.
     For :class:`EditConfig`, the top-level keys naming a registered method section are parsed into
     that method's settings dataclass."""
-    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     if cls is EditConfig:
         data = dict(data)
@@ -594,6 +593,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ed
 MAX_FRAME_SIDE = 2048
 """Largest frame side accepted: SD 1.5 at 2048² already needs 64× the memory of 512²."""
 MAX_SEED = 2**63 - 1
+MAX_INPUT_FRAMES = 1024
+"""The most frames any method takes (I2VEdit, in clips); each method's own limit is ``methods.base.check_frames``."""
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BLOCK = re.compile(r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)$")
 
@@ -629,13 +630,9 @@ def validate(cfg: EditConfig) -> None:
     if i.height % 8 or i.width % 8 or not (64 <= i.height <= MAX_FRAME_SIDE and 64 <= i.width <= MAX_FRAME_SIDE):
         raise ConfigError(f"input.height and input.width must be multiples of 8 from 64 to {MAX_FRAME_SIDE}, "
                           f"got {i.height}x{i.width}; use e.g. --height 512 --width 512")
-    longest = max([getattr(s, "MAX_FRAMES", 0) for s in cfg.method_settings.values()] + [0])
-    if longest and not 1 <= i.num_frames <= longest:  # a method that cuts videos into clips (I2VEdit)
-        raise ConfigError(f"input.num_frames={i.num_frames}: use 1 to {longest} frames")
-    if not longest and not 1 <= i.num_frames <= 32:
-        raise ConfigError(
-            f"input.num_frames={i.num_frames}: AnimateDiff's motion modules take 1 to 32 frames; use --frames 16"
-        )
+    if not 1 <= i.num_frames <= MAX_INPUT_FRAMES:  # each method's own limit: methods.base.check_frames
+        raise ConfigError(f"input.num_frames={i.num_frames}: use 1 to {MAX_INPUT_FRAMES} frames "
+                          "(1 to 32 frames with AnimateDiff's methods)")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed={cfg.seed} is out of range: use an integer from 0 to 2**63-1 (default 42)")
     m = cfg.model

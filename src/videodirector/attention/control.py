@@ -357,19 +357,30 @@ class CrossControlProcessor(ControlProcessor):
         return edit
 
 
+def unet_level_hw(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+    """Height and width of the UNet's feature maps ``level`` down-samplings below the latent: each stride-2
+    convolution rounds up (a 90-row latent gives 45, then 23), so any size that is a multiple of 8 works."""
+    h, w = latent_hw
+    for _ in range(level):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
 class LocalBlend:
     """Prompt-to-prompt local blend: keep the latent outside the words' cross-attention region.
 
     Maps of the blend words are summed over cross-attention layers at a quarter of the latent
-    resolution and over steps, max-pooled (3 x 3), normalised per frame and thresholded. The blend
-    acts from step ``start_step`` on (prompt-to-prompt's ``start_blend``: its ``step_callback`` blends
+    resolution (``level`` 2) and over steps, max-pooled (3 x 3), normalised per frame and thresholded. The
+    blend acts from step ``start_step`` on (prompt-to-prompt's ``start_blend``: its ``step_callback`` blends
     once its counter passes ``int(start_blend · T)``); maps are recorded from step 0.
     """
 
-    def __init__(self, source_tokens: list[int], target_tokens: list[int], tokens: int, latent_hw: tuple[int, int],
-                 threshold: float = 0.3, start_step: int = 0) -> None:
+    def __init__(self, source_tokens: list[int], target_tokens: list[int], latent_hw: tuple[int, int],
+                 threshold: float = 0.3, start_step: int = 0, level: int = 2) -> None:
         self.source_tokens, self.target_tokens = source_tokens, target_tokens
-        self.tokens, self.latent_hw, self.threshold = tokens, latent_hw, threshold
+        self.latent_hw, self.threshold = latent_hw, threshold
+        self.map_hw = unet_level_hw(latent_hw, level)
+        self.tokens = self.map_hw[0] * self.map_hw[1]
         self.start_step = start_step
         self.acc: Tensor | None = None
 
@@ -389,8 +400,7 @@ class LocalBlend:
         if self.acc is None:
             return None
         h, w = self.latent_hw
-        r = int(round((self.tokens * h / w) ** 0.5))
-        maps = self.acc.reshape(2, -1, 1, r, self.tokens // r)  # (prompt, F, 1, r, c)
+        maps = self.acc.reshape(2, -1, 1, *self.map_hw)  # (prompt, F, 1, rows, columns)
         out = []
         for m in maps:
             m = F.max_pool2d(m, 3, 1, padding=1)

@@ -208,12 +208,34 @@ def run_case(editor_models, base: EditConfig, method: str, case: Case,  # noqa: 
     return scores, to_uint8(res.frames)
 
 
+def bench_settings(base: EditConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of a bench run that change its scores, stored in every case file and compared on resume:
+    steps, null-text iterations, guidance scale and ``--set``. Device and precision are left out, since a run's
+    shards may come from other machines (a GPU's cases gathered on a CPU)."""
+    i = base.inversion
+    return {"num_steps": i.num_steps, "null_inner_steps": i.null_inner_steps, "guidance_scale": i.guidance_scale,
+            "set": {k: v for k, v in sorted((overrides or {}).items())}}
+
+
+def _stored_record(f: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A finished case's file, refused in one line when it was made with other settings (files written before
+    the settings were stored are taken as they are)."""
+    rec = json.loads(f.read_text())
+    made = rec.get("bench_settings")
+    if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(settings)):
+        differ = sorted(k for k in settings if made.get(k) != json.loads(json.dumps(settings[k])))
+        raise UserError(f"{f} was made with other bench settings ({', '.join(f'{k} {made.get(k)!r}' for k in differ)}); "
+                        f"use another --results folder, or the same settings to resume it")
+    return rec
+
+
 def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  # noqa: ANN001
-                   shared: dict | None = None) -> dict[str, Any]:
+                   shared: dict | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one case and write its JSON and its strip row (4 frames side by side, ``.png``) atomically."""
     scores, edited = run_case(models, base, method, case, shared)
     rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
-           "null_inner_steps": base.inversion.null_inner_steps, **scores}
+           "null_inner_steps": base.inversion.null_inner_steps, **scores,
+           "bench_settings": settings if settings is not None else bench_settings(base)}
     f.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(list(edited[:: max(1, len(edited) // 4)]), 1)).save(buf, format="png")
@@ -368,6 +390,7 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
                  "i2vedit.chunk_size": 16})
     over.update(overrides or {})
     base = apply_overrides(EditConfig(), over)
+    settings = bench_settings(base, overrides)
     root = Path(results) / suite
     loaded: dict = {}  # loader, or model settings (``model_key``) -> models, each loaded on first need
     shared: dict = {}  # one case's inversions, reused by the methods that invert alike (``inversion_key``)
@@ -385,13 +408,13 @@ def run_bench(suite: str = DEFAULT_SUITE, methods: list[str] | None = None, devi
         """The case's stored result, or run it now (loading the models on first need) and store it."""
         f = root / "cases" / method / f"{case.id}.json"
         if f.is_file():
-            return json.loads(f.read_text())
+            return _stored_record(f, settings)
         if method in MODEL_LOADERS:  # a method on other models (Video-P2P's T2S UNet): loaded once per loader
             loader = MODEL_LOADERS[method]
             if loader not in loaded:
                 loaded[loader] = loader(base)
-            return _run_and_store(loaded[loader], base, method, case, f, shared)
-        return _run_and_store(models_for(case_config(base, method, case)), base, method, case, f, shared)
+            return _run_and_store(loaded[loader], base, method, case, f, shared, settings)
+        return _run_and_store(models_for(case_config(base, method, case)), base, method, case, f, shared, settings)
 
     if shard is not None:
         i, n = shard

@@ -330,6 +330,31 @@ def _commit(tmp: Path, out: Path, own_files: Collection[str], inputs: list, flag
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def staged_entries(dest: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``dest``; when the block succeeds, each entry written there
+    replaces the entry of the same name in ``dest`` (created if missing), one rename each, and every other
+    entry of ``dest`` stays. On failure the staging folder goes and ``dest`` is untouched. For exports into a
+    folder that holds more than the export (the package's ``weights/`` holds both bundled models)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = dest.parent / f".{dest.name or 'dest'}.staged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staged.mkdir()
+    try:
+        yield staged
+        dest.mkdir(exist_ok=True)
+        for entry in sorted(staged.iterdir()):
+            target = dest / entry.name
+            old = dest / f".{entry.name}.old-{uuid.uuid4().hex[:8]}"
+            if os.path.lexists(target):
+                os.replace(target, old)
+            os.replace(entry, target)
+            if os.path.lexists(old):
+                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary sibling renamed into place (removed on failure)."""
     path = Path(path)

@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..errors import CacheEntryError
+from ..errors import CacheEntryError, ConfigError
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, step, total)``: called after each step of each stage."""
@@ -279,15 +279,31 @@ METHODS: dict[str, tuple[MethodFactory, dict[str, Any], str]] = {}
 MODEL_LOADERS: dict[str, Callable[[Any], Any]] = {}
 """Methods whose models are not the AnimateDiff bundle: name -> ``loader(cfg: EditConfig)`` (the API calls it
 instead of ``models.loading.load_models(cfg.model)``)."""
+ANIMATEDIFF_MAX_FRAMES = 32
+"""AnimateDiff's motion modules have positional encodings for 32 frames."""
+MAX_FRAMES: dict[str, int] = {}
+"""Frames a method takes, where it is not AnimateDiff's 32 (I2VEdit cuts videos into clips)."""
 
 
 def register(name: str, factory: MethodFactory, overrides: dict[str, Any] | None = None, doc: str = "",
-             loader: Callable[[Any], Any] | None = None) -> None:
+             loader: Callable[[Any], Any] | None = None, max_frames: int = ANIMATEDIFF_MAX_FRAMES) -> None:
     """Make a method (or a variant of one: the same factory with config overrides) available by name;
     ``loader(cfg)`` loads its models when they are not the AnimateDiff bundle."""
     METHODS[name] = (factory, dict(overrides or {}), doc)
     if loader is not None:
         MODEL_LOADERS[name] = loader
+    if max_frames != ANIMATEDIFF_MAX_FRAMES:
+        MAX_FRAMES[name] = max_frames
+
+
+def check_frames(num_frames: int, method: str) -> None:
+    """One line before any work when ``method`` cannot take ``num_frames`` frames."""
+    limit = MAX_FRAMES.get(method, ANIMATEDIFF_MAX_FRAMES)
+    if not 1 <= num_frames <= limit:
+        if limit == ANIMATEDIFF_MAX_FRAMES:
+            raise ConfigError(f"input.num_frames={num_frames}: AnimateDiff's motion modules take 1 to "
+                              f"{ANIMATEDIFF_MAX_FRAMES} frames; use --frames 16")
+        raise ConfigError(f"input.num_frames={num_frames}: {method} takes 1 to {limit} frames")
 
 
 def method_names() -> list[str]:

@@ -27,11 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
-import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,12 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attention.processors import Clock, ControlProcessor, installed
-from ..config import ConfigError, EditConfig, register_official_format, register_settings
+from ..config import MAX_INPUT_FRAMES, ConfigError, EditConfig, register_official_format, register_settings
 from ..diffusion.edm import (
     c_noise, denoised, edit_step_for_inversion_step, euler_step, frame_guidance_scales,
     inversion_schedule, karras_sigmas, loss_weight, sarp, scale_model_input, step_for_sigma, training_sigmas,
 )
 from ..errors import InputError, UserError
+from ..io.outputs import atomic_write_bytes
 from ..models.loading import SVD_HUB_IDS, SVDBundle, load_svd
 from .base import EditResult, Inversion, Progress, no_progress, register
 
@@ -75,7 +75,8 @@ class I2VEditSettings:
     overlap: int = 1
     """Frames shared by consecutive clips (official ``overlay_size``; the official code asserts 1)."""
     fps: int = 7
-    """Output fps; the edit's time id is ``fps - 1`` (official ``output_fps``: 5 or 7)."""
+    """Frame rate of the written videos, and the edit's fps time id ``fps - 1`` (official ``output_fps``: 5 or 7;
+    it takes the place of ``output.fps`` for this method)."""
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
     """Noise added to the conditioning (inversion: pixels before the VAE; training and editing: latents)."""
@@ -138,9 +139,9 @@ class I2VEditSettings:
     """Also sample the inversion back without guidance (the reconstruction in result.json); otherwise the
     reconstruction is the VAE round trip of the inversion input."""
 
-    MAX_FRAMES: ClassVar[int] = 1024
+    MAX_FRAMES: ClassVar[int] = MAX_INPUT_FRAMES
     """Frames a run may take (``input.num_frames``): the video is cut into clips, so more than SVD's 14 or
-    AnimateDiff's 32 (a configuration with this section may ask for up to this many)."""
+    AnimateDiff's 32."""
 
     def inversion_settings(self) -> dict[str, Any]:
         """What stage 1 (inversion and motion LoRAs) reads of these settings: part of the cache key."""
@@ -438,14 +439,18 @@ def lora_target_regex() -> str:
 class AttentionStore:
     """What matching needs from the source, per step: spatial Q/K, temporal probabilities, and clip 1's
     temporal K/V for skip-interval attention. ``memory`` keeps tensors in the model dtype where they were
-    made; ``disk`` writes one safetensors file per step into a scratch folder (removed by :meth:`close`)."""
+    made; ``disk`` writes one safetensors file per step into a scratch folder, removed by :meth:`close`, when the
+    store is collected, or at exit."""
 
     def __init__(self, mode: str = "memory", folder: str | None = None) -> None:
         self.mode = mode
         self.steps: dict[int, dict[str, Tensor]] = {}
         self.folder: Path | None = None
+        self._remove_folder: weakref.finalize | None = None
         if mode == "disk":
             self.folder = Path(tempfile.mkdtemp(prefix="i2vedit-store-", dir=folder))
+            # gone with the store, or at exit, even if nobody calls close() (a run that stops on an error)
+            self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, True)
         self._loaded: tuple[int, dict[str, Tensor]] | None = None
 
     def put(self, step: int, key: str, value: Tensor) -> None:
@@ -491,8 +496,8 @@ class AttentionStore:
     def close(self) -> None:
         self.steps.clear()
         self._loaded = None
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self._remove_folder is not None:
+            self._remove_folder()
 
 
 # ============================================================================================ processors
@@ -875,12 +880,9 @@ def save_lora_cache(folder: Path, state: dict[str, Tensor], meta: dict[str, Any]
 
     folder.mkdir(parents=True, exist_ok=True)
     data = save(state)
-    tmp = folder / f".motion_lora.safetensors.{uuid.uuid4().hex[:8]}"
-    tmp.write_bytes(data)
-    os.replace(tmp, folder / "motion_lora.safetensors")
-    tmp = folder / f".motion_lora.json.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps({**meta, "sha256": _digest(data), "size": len(data)}, indent=2, default=str))
-    os.replace(tmp, folder / "motion_lora.json")
+    atomic_write_bytes(folder / "motion_lora.safetensors", data)
+    card = {**meta, "sha256": _digest(data), "size": len(data)}
+    atomic_write_bytes(folder / "motion_lora.json", json.dumps(card, indent=2, default=str).encode())
 
 
 def load_lora_cache(folder: Path) -> dict[str, Tensor] | None:
@@ -952,6 +954,17 @@ class I2VEdit:
         return join_clips([inversion.source_frames[o:o + n] for o, n in _offsets(clips)], self.s.overlap)
 
     # ------------------------------------------------------------------ stage 1: inversion + motion LoRA
+
+    @property
+    def output_fps(self) -> int:
+        """The frame rate the edited videos are written at: the one the edit was conditioned on (official)."""
+        return self.s.fps
+
+    def stored_shapes(self, frames: Tensor) -> dict[str, list[int]]:
+        """The shapes :meth:`invert` stores for ``frames``: the clips side by side, each shared frame repeated
+        (what the inversion cache checks an entry against)."""
+        n = sum(length for _, length in clip_ranges(frames.shape[0], self.s.chunk_size, self.s.overlap))
+        return {"source_frames": [n, *frames.shape[1:]], "masks": [n, 1, *frames.shape[-2:]]}
 
     def invert(self, frames: Tensor, masks: Tensor, source_prompt: str = "",  # noqa: ARG002
                progress: Progress = no_progress) -> Inversion:
@@ -1279,7 +1292,7 @@ _make.needs_prompts = False  # type: ignore[attr-defined]
 
 def _register(name: str, overrides: dict[str, Any] | None, doc: str) -> None:
     """Register a name, with Stable Video Diffusion as its models (the API loads them with ``load_models``)."""
-    register(name, _make, overrides, doc, loader=I2VEdit.load_models)
+    register(name, _make, overrides, doc, loader=I2VEdit.load_models, max_frames=I2VEditSettings.MAX_FRAMES)
 
 
 _register("i2vedit", None, "I2VEdit, full method (official-code defaults; needs --first-frame)")

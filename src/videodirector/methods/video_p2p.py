@@ -453,8 +453,7 @@ class VideoP2P:
         if words_src or words_tgt:
             st = sorted({i for w in words_src for i in word_token_indices(source_prompt, w, tok)})
             tt = sorted({i for w in words_tgt for i in word_token_indices(target_prompt, w, tok)})
-            blend = LocalBlend(st, tt, (latent_hw[0] // 4) * (latent_hw[1] // 4), latent_hw, p.blend_threshold,
-                               start_step=int(p.blend_start * T))
+            blend = LocalBlend(st, tt, latent_hw, p.blend_threshold, start_step=int(p.blend_start * T))
         if s.cross_mode == "replace":
             mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
         else:

@@ -17,7 +17,9 @@ stage 2 walks diffusers' leading timesteps with stage-1 quantities indexed by st
 
 from __future__ import annotations
 
+import math
 import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,7 +27,7 @@ from torch.profiler import record_function
 
 from ..attention.control import (
     CrossControlProcessor, EditContext, EditSchedule, FeatureRecorder, LocalBlend, RecordingProcessor,
-    SelfControlProcessor,
+    SelfControlProcessor, unet_level_hw,
 )
 from ..attention.processors import Branches, Clock, attention_layers, installed, select_layers
 from ..attention.seq_align import (
@@ -48,12 +50,8 @@ from .base import EditResult, Inversion, Progress, no_progress, register
 
 def masks_by_tokens(masks: Tensor, latent_hw: tuple[int, int], levels: int = 4) -> dict[int, Tensor]:
     """Object masks at every UNet resolution, keyed by token count: ``{h·w: (F, h·w) bool}``."""
-    h, w = latent_hw
-    out = {}
-    for _ in range(levels):
-        out[h * w] = resize_mask(masks, (h, w))
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return out
+    sizes = [unet_level_hw(latent_hw, level) for level in range(levels)]
+    return {h * w: resize_mask(masks, (h, w)) for h, w in sizes}
 
 
 class VideoDirector:
@@ -287,7 +285,7 @@ class VideoDirector:
         guidance = inversion.guidance.to(m.device) if inversion.guidance is not None else None
 
         clock = Clock(0, T)
-        sa1_tokens = c.sa1_max_tokens or (latent_hw[0] // 2) * (latent_hw[1] // 2)
+        sa1_tokens = c.sa1_max_tokens or math.prod(unet_level_hw(latent_hw, 1))  # official: query_len <= 32²
         schedule = EditSchedule.build(T, c.self_replace_steps, c.cross_replace_steps, c.mutual_layers,
                                       c.mutual_end_step, c.cross_layers, sa1_tokens, c.sa1, c.sa2, c.cross)
         region = inversion.masks if c.edit_target == "object" else ~inversion.masks  # what SA-II must not copy
@@ -297,8 +295,7 @@ class VideoDirector:
         if p.blend_words_source or p.blend_words_target:
             st = sorted({i for w in p.blend_words_source for i in word_token_indices(source_prompt, w, tok)})
             tt = sorted({i for w in p.blend_words_target for i in word_token_indices(target_prompt, w, tok)})
-            blend = LocalBlend(st, tt, (latent_hw[0] // 4) * (latent_hw[1] // 4), latent_hw, p.blend_threshold,
-                               start_step=int(p.blend_start * T))
+            blend = LocalBlend(st, tt, latent_hw, p.blend_threshold, start_step=int(p.blend_start * T))
         keep = None  # mask blend (beyond the paper): 1 where the reconstruction latent is kept
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,

@@ -27,7 +27,6 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -46,6 +46,7 @@ from ..models.factory import ArchSpec, adapter_config, save_checkpoint, text_con
 from ..models.loading import ANIMATEDIFF_SCHEDULER
 from ..models.tokenizer import build_clip_tokenizer
 from ..diffusion.ddim import NoiseSchedule
+from ..io.outputs import staged_entries
 from .scene import MOTIONS, WORDS, render, sample_clip
 
 SHAPEWORLD_ARCH = ArchSpec(
@@ -661,29 +662,24 @@ def export(out: Path, dest: Path) -> dict:
     text.load_state_dict(mot["modules"]["text"])
     for m in (vae, unet, text, adapter):
         m.half()
-    tmp = dest.with_name(dest.name + ".tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    base, ad = save_checkpoint(tmp, unet, adapter, vae, text, WORDS)
-    for f in [*(base / "unet").glob("*.safetensors"), *ad.glob("*.safetensors")]:
-        f.unlink()
-    # re-save the big ones sharded so each file stays <= 12 MB (package-data limit of 15 MB)
-    unet.save_pretrained(base / "unet", max_shard_size="12MB")
-    adapter.save_pretrained(ad, max_shard_size="12MB")
-    info = {"steps": {s: tr.load_state(s)["step"] + tr.earlier_steps.get(s, 0) for s in ("vae", "image", "motion")},
-            "params_m": {"unet2d": sum(p.numel() for p in unet.parameters()) / 1e6,
-                         "motion_adapter": sum(p.numel() for p in adapter.parameters()) / 1e6,
-                         "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
-                         "text_encoder": sum(p.numel() for p in text.parameters()) / 1e6},
-            "loss": {"prediction": "epsilon", "min_snr_gamma": MIN_SNR_GAMMA, "offset_noise": OFFSET_NOISE},
-            "motion_stage_trains_cross_kv": bool(mot.get("cross_kv")), "motion_stage_recipe": mot.get("recipe")}
-    for name in ("image_eval", "motion_eval"):  # accuracy / direction preference logged during training
-        if (out / f"{name}.jsonl").is_file():
-            info[name] = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
-    (tmp / "training.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.replace(dest)
+    with staged_entries(dest) as tmp:  # replaces sd/, motion_adapter/ and training.json only (weights/ holds i2v/ too)
+        base, ad = save_checkpoint(tmp, unet, adapter, vae, text, WORDS)
+        for f in [*(base / "unet").glob("*.safetensors"), *ad.glob("*.safetensors")]:
+            f.unlink()
+        # re-save the big ones sharded so each file stays <= 12 MB (package-data limit of 15 MB)
+        unet.save_pretrained(base / "unet", max_shard_size="12MB")
+        adapter.save_pretrained(ad, max_shard_size="12MB")
+        info = {"steps": {s: tr.load_state(s)["step"] + tr.earlier_steps.get(s, 0) for s in ("vae", "image", "motion")},
+                "params_m": {"unet2d": sum(p.numel() for p in unet.parameters()) / 1e6,
+                             "motion_adapter": sum(p.numel() for p in adapter.parameters()) / 1e6,
+                             "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
+                             "text_encoder": sum(p.numel() for p in text.parameters()) / 1e6},
+                "loss": {"prediction": "epsilon", "min_snr_gamma": MIN_SNR_GAMMA, "offset_noise": OFFSET_NOISE},
+                "motion_stage_trains_cross_kv": bool(mot.get("cross_kv")), "motion_stage_recipe": mot.get("recipe")}
+        for name in ("image_eval", "motion_eval"):  # accuracy / direction preference logged during training
+            if (out / f"{name}.jsonl").is_file():
+                info[name] = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
     return info
 
 

@@ -36,6 +36,7 @@ from ..diffusion.edm import denoised, loss_weight, scale_model_input, training_s
 from ..models.svd_factory import (
     SVDArch, build_svd_models, save_svd_checkpoint, unet_config, vae_config, vision_config,
 )
+from ..io.outputs import staged_entries
 from .scene import render, sample_clip
 
 SHAPEWORLD_I2V_ARCH = SVDArch(
@@ -213,19 +214,14 @@ class I2VTrainer:
 
     def export(self, dest: Path) -> dict:
         """fp16 folders in SVD's layout, each file <= 12 MB, and a model card ``training.json``."""
-        import shutil
-
         unet, vae, image_encoder, processor = self.build()
         vae.load_state_dict(self.load("vae")["modules"]["vae"])
         self.init_encoder(vae)  # the scaling factor (and the same frozen encoder)
         video = self.load("video")
         unet.load_state_dict(video["modules"]["unet"])
         image_encoder.load_state_dict(video["modules"]["image_encoder"])
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         for m in (unet, vae, image_encoder):
             m.half()
-        save_svd_checkpoint(tmp, unet, vae, image_encoder, processor, max_shard_size="12MB")
         card = {"steps": {s: self.load(s)["step"] for s in ("vae", "video")},
                 "params_m": {"unet": sum(p.numel() for p in unet.parameters()) / 1e6,
                              "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
@@ -236,9 +232,9 @@ class I2VTrainer:
                 "vae_encoder": "copied from the bundled text-to-video VAE, frozen" if self.t2v_weights else "random",
                 "configs": {"unet": unet_config(self.arch), "vae": vae_config(self.arch),
                             "image_encoder": vision_config(self.arch)}}
-        (tmp / "training.json").write_text(json.dumps(card, indent=2))
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.replace(dest)
+        with staged_entries(dest) as tmp:  # replaces only the entries it writes; the rest of dest stays
+            save_svd_checkpoint(tmp, unet, vae, image_encoder, processor, max_shard_size="12MB")
+            (tmp / "training.json").write_text(json.dumps(card, indent=2))
         return card
 
 
