@@ -6,7 +6,7 @@ once as ``i2vedit-no-skip-interval`` and once as ``i2vedit-skip-interval`` (late
 1's temporal keys and values, Eq. 3). The user's edited first frame is the exact ground-truth frame 0.
 
 For each clip it reports, against the ground-truth edited video: the object's colour accuracy and shape
-accuracy over the clip's frames (``world.check.classify`` per frame) and the clip's PSNR. Drift is the
+accuracy over the clip's frames (``world.read.classify`` per frame) and the clip's PSNR. Drift is the
 last full clip against the first. Writes ``i2vedit_long.json`` and ``i2vedit_long.md`` in ``--out``.
 
     python benchmarks/i2vedit_long.py --cases 4                       # bundled model, CPU: ~1 h
@@ -33,7 +33,7 @@ from videodirector.bench.runner import case_overrides, shapeworld_suite  # noqa:
 from videodirector.config import EditConfig, apply_overrides  # noqa: E402
 from videodirector.methods.i2vedit import clip_ranges  # noqa: E402
 from videodirector.metrics.ground_truth import psnr  # noqa: E402
-from videodirector.world.check import frame_hits  # noqa: E402
+from videodirector.world.read import frame_hits  # noqa: E402
 from videodirector.io.outputs import write_json  # noqa: E402
 from videodirector.world.scene import render  # noqa: E402
 

@@ -92,7 +92,7 @@ def test_bench_variant_on_other_model_settings_gets_its_own_models_and_inversion
     assert runner.inversion_groups(base, methods, case) == [["videodirector", "vd-no-sa1"], ["vd-motion-per-frame"]]
     norms: dict[str, set[type]] = {}
 
-    def fake_run(models, base, method, case, f, shared=None):  # noqa: ANN001, ANN202
+    def fake_run(models, base, method, case, f, shared=None, settings=None):  # noqa: ANN001, ANN202
         norms.setdefault(method, set()).update(type(m.norm) for m in motion_transformers(models.unet))
         return {}
 
@@ -570,7 +570,7 @@ def test_shape_reader_knows_every_exact_shape_with_a_gray_box_and_a_tilt():
     +-0.15 rad) and with the gray box in the frame (it belongs to the background): 48 held-out clips,
     12 per shape, every other frame. The reader before this rule (axis-aligned templates, the box
     counted as object) got 0.83 of these frames right."""
-    from videodirector.world.check import object_mask, shape_from_outline
+    from videodirector.world.read import object_mask, shape_from_outline
     from videodirector.world.scene import SHAPES
 
     specs = [sample_clip(20_000 + k, shape=SHAPES[k % 4]) for k in range(48)]

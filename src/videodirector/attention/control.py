@@ -24,6 +24,7 @@ from ..models.compile import attention_blocks_eager
 from .processors import (
     AttentionLayer, Branches, Clock, ControlProcessor, StopForward, call_order_key, merge_heads, opaque_to_compiler,
 )
+from . import seq_align
 
 
 # --------------------------------------------------------------------------- stage 1: recording
@@ -416,6 +417,38 @@ class LocalBlend:
         if step < self.start_step or (mask := self.mask()) is None:
             return z
         return z_ref + mask.to(z) * (z - z_ref)
+
+
+@dataclass
+class CrossAttentionEdit:
+    """What prompt-to-prompt's cross-attention control takes for one edit (paper Eq. 7): the token mapper (and
+    refine's alignment weights ``alphas``), the equalizer, and the local blend when blend words are given."""
+
+    mode: str
+    mapper: Tensor
+    alphas: Tensor | None
+    equalizer: Tensor
+    blend: LocalBlend | None
+
+
+def cross_attention_edit(source_prompt: str, target_prompt: str, tokenizer, mode: str,  # noqa: ANN001
+                         equalizer_words: list[str], equalizer_values: list[float],
+                         blend_words: tuple[list[str], list[str]], latent_hw: tuple[int, int],
+                         blend_threshold: float = 0.3, blend_start_step: int = 0) -> CrossAttentionEdit:
+    """Build a :class:`CrossAttentionEdit`: ``replace`` maps token to token, ``refine`` aligns the prompts
+    (new tokens take alpha 0); ``blend_words`` are (source words, target words) of the local blend."""
+    if mode == "replace":
+        mapper, alphas = seq_align.replacement_mapper(source_prompt, target_prompt, tokenizer), None
+    else:
+        mapper, alphas = seq_align.refinement_mapper(source_prompt, target_prompt, tokenizer)
+    eq = seq_align.equalizer(target_prompt, equalizer_words, equalizer_values, tokenizer)
+    blend = None
+    words_source, words_target = blend_words
+    if words_source or words_target:
+        st = sorted({i for w in words_source for i in seq_align.word_token_indices(source_prompt, w, tokenizer)})
+        tt = sorted({i for w in words_target for i in seq_align.word_token_indices(target_prompt, w, tokenizer)})
+        blend = LocalBlend(st, tt, latent_hw, blend_threshold, start_step=blend_start_step)
+    return CrossAttentionEdit(mode, mapper, alphas, eq, blend)
 
 
 class TemporalInjectionProcessor(ControlProcessor):

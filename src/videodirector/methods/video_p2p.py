@@ -40,10 +40,11 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..attention.control import CrossControlProcessor, EditContext, EditSchedule, LocalBlend, step_window
-from ..attention.control import TemporalInjectionProcessor
+from ..attention.control import (
+    CrossControlProcessor, EditContext, EditSchedule, TemporalInjectionProcessor, cross_attention_edit, step_window,
+)
 from ..attention.processors import Clock, attention_layers, installed
-from ..attention.seq_align import equalizer, refinement_mapper, replacement_mapper, require_words, word_token_indices
+from ..attention.seq_align import require_words
 from ..config import EditConfig, register_official_format, register_settings
 from ..diffusion.ddim import cfg_combine, ddim_invert, ddim_step, leading_timesteps, step_size
 from ..diffusion.nulltext import expand_null, null_text_step
@@ -449,21 +450,16 @@ class VideoP2P:
         schedule = EditSchedule(range(0), range(0), range(0), 0, step_window(s.cross_replace_steps, T + 1), range(0, 10**6))
         ctx = EditContext(clock, schedule, F_, {})
         ctx.branches = ("recon_uncond", "edit_uncond", "recon_cond", "edit_cond")  # the official four rows
-        blend = None
-        if words_src or words_tgt:
-            st = sorted({i for w in words_src for i in word_token_indices(source_prompt, w, tok)})
-            tt = sorted({i for w in words_tgt for i in word_token_indices(target_prompt, w, tok)})
-            blend = LocalBlend(st, tt, latent_hw, p.blend_threshold, start_step=int(p.blend_start * T))
-        if s.cross_mode == "replace":
-            mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
-        else:
-            mapper, alphas = refinement_mapper(source_prompt, target_prompt, tok)
-        eq = equalizer(target_prompt, p.equalizer_words, p.equalizer_values, tok)
+        cross = cross_attention_edit(source_prompt, target_prompt, tok, s.cross_mode, p.equalizer_words,
+                                     p.equalizer_values, (words_src, words_tgt), latent_hw, p.blend_threshold,
+                                     int(p.blend_start * T))
+        blend = cross.blend
         temporal_steps = step_window(s.temporal_replace_steps, T)
         processors: dict[str, object] = {}
         for layer in attention_layers(m.unet):
             if layer.kind == "cross":
-                processors[layer.name] = CrossControlProcessor(layer, ctx, s.cross_mode, mapper, alphas, eq, blend)
+                processors[layer.name] = CrossControlProcessor(layer, ctx, cross.mode, cross.mapper, cross.alphas,
+                                                               cross.equalizer, blend)
             elif layer.kind == "temporal":
                 processors[layer.name] = TemporalInjectionProcessor(layer, ctx, temporal_steps)
         per_frame = lambda e: e.expand(F_, -1, -1)  # noqa: E731

@@ -26,13 +26,11 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from ..attention.control import (
-    CrossControlProcessor, EditContext, EditSchedule, FeatureRecorder, LocalBlend, RecordingProcessor,
-    SelfControlProcessor, unet_level_hw,
+    CrossControlProcessor, EditContext, EditSchedule, FeatureRecorder, RecordingProcessor, SelfControlProcessor,
+    cross_attention_edit, unet_level_hw,
 )
 from ..attention.processors import Branches, Clock, attention_layers, installed, select_layers
-from ..attention.seq_align import (
-    equalizer, refinement_mapper, replacement_mapper, require_words, word_token_indices,
-)
+from ..attention.seq_align import require_words
 from ..config import EditConfig
 from ..diffusion.ddim import (
     cfg_combine, ddim_invert, ddim_step, leading_timesteps, linspace_timesteps, step_size,
@@ -291,11 +289,10 @@ class VideoDirector:
         region = inversion.masks if c.edit_target == "object" else ~inversion.masks  # what SA-II must not copy
         ctx = EditContext(clock, schedule, F_, {k: v.to(m.device) for k, v in
                                                masks_by_tokens(region.to(m.device), latent_hw).items()})
-        blend = None
-        if p.blend_words_source or p.blend_words_target:
-            st = sorted({i for w in p.blend_words_source for i in word_token_indices(source_prompt, w, tok)})
-            tt = sorted({i for w in p.blend_words_target for i in word_token_indices(target_prompt, w, tok)})
-            blend = LocalBlend(st, tt, latent_hw, p.blend_threshold, start_step=int(p.blend_start * T))
+        cross = cross_attention_edit(source_prompt, target_prompt, tok, c.cross_mode, p.equalizer_words,
+                                     p.equalizer_values, (p.blend_words_source, p.blend_words_target), latent_hw,
+                                     p.blend_threshold, int(p.blend_start * T))
+        blend = cross.blend
         keep = None  # mask blend (beyond the paper): 1 where the reconstruction latent is kept
         if c.mask_blend:
             keep = latent_keep_region(inversion.masks.to(m.device), latent_hw, c.edit_target,
@@ -304,17 +301,13 @@ class VideoDirector:
         # the decoder mixes globally, so a background edit's few kept object cells would pull the new background's
         # colour back towards the source's (ShapeWorld: navy came out teal); its object is kept in pixels below
         blend_from = int(c.mask_blend_start * T) if c.edit_target == "object" else T
-        if c.cross_mode == "replace":
-            mapper, alphas = replacement_mapper(source_prompt, target_prompt, tok), None
-        else:
-            mapper, alphas = refinement_mapper(source_prompt, target_prompt, tok)
-        eq = equalizer(target_prompt, p.equalizer_words, p.equalizer_values, tok)
         processors: dict[str, object] = {}
         for layer in attention_layers(m.unet):
             if layer.kind == "self" and (c.sa1 or c.sa2):
                 processors[layer.name] = SelfControlProcessor(layer, ctx)
             elif layer.kind == "cross" and (c.cross or blend is not None):
-                processors[layer.name] = CrossControlProcessor(layer, ctx, c.cross_mode, mapper, alphas, eq, blend)
+                processors[layer.name] = CrossControlProcessor(layer, ctx, cross.mode, cross.mapper, cross.alphas,
+                                                               cross.equalizer, blend)
 
         # the reconstruction path is conditioned on [E(neg), E(src)] (official code)
         fixed_emb = {"edit_cond": self._per_frame(tgt, F_), "recon_uncond": self._per_frame(neg, F_),

@@ -8,7 +8,7 @@ Loads the model through the same loader as real SVD (``models.loading.load_svd``
 * ``first_frame_psnr``: a clip generated from a first frame (25 Euler steps, frame-wise CFG 1 -> 2 as
   I2VEdit samples) against that first frame, at frame 0 (target >= 25 dB);
 * ``colour_acc``, ``shape_acc``: the object's colour and shape read from every generated frame
-  (``world.check.classify`` per frame) against the first frame's object (target >= 0.9 each);
+  (``world.read.classify`` per frame) against the first frame's object (target >= 0.9 each);
 * ``moving_fraction`` (diagnostic): generated clips whose object moves (>= 4 px) or changes size;
 * ``inversion_psnr``: SARP + EDM inversion with the first frame's condition, then unguided sampling back,
   decoded, against the VAE reconstruction (target >= 25 dB);
@@ -32,7 +32,7 @@ from ..diffusion.edm import frame_guidance_scales, sarp
 from ..io.outputs import write_json
 from ..metrics.ground_truth import centroids, psnr
 from ..models.loading import load_svd
-from .check import classify, frame_hits, object_mask
+from .read import classify, frame_hits, object_mask
 from .scene import MOTIONS, render, sample_clip
 
 TARGETS = {"first_frame_psnr": 25.0, "colour_acc": 0.9, "shape_acc": 0.9, "inversion_psnr": 25.0,

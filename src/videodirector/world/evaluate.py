@@ -4,7 +4,7 @@
 only in the edited attribute(s), the ground-truth target is the nearest to the edited frame (inside
 the region the edit should change). It is rule-based and needs no learned classifier.
 
-A shape edit is read from the object's own outline (``world.check.classify``: best IoU of the four
+A shape edit is read from the object's own outline (``world.read.classify``: best IoU of the four
 shape templates at the object's centroid and area, per frame): an edited triangle drawn a pixel or two
 off the ground truth's is still a triangle, though by pixel distance it can be nearer a circle at the
 ground truth's place. A texture edit has no pixel-exact answer: nothing in the source fixes the phase or period of the new
@@ -62,7 +62,7 @@ def edit_accuracy(edited: Tensor, source: ClipSpec, target: ClipSpec, frames: li
     changes (the union of the object masks for colour, the rest for background/texture).
     ``frames``: which frames of the clip ``edited`` holds (default: all). ``union``: the source and
     target object masks of the whole clip, OR-ed (rendered here when not given)."""
-    from .check import classify
+    from .read import classify
 
     changed = changed_attributes(source, target)
     ok = [True] * len(edited)

@@ -133,7 +133,7 @@ def sample_clip(seed: int, size: int = 64, frames: int = 16, distractor_prob: fl
                     size, frames)
 
 
-def _shape_sdfs(px: Tensor, py: Tensor, r: Tensor, angle: Tensor) -> Tensor:
+def shape_sdfs(px: Tensor, py: Tensor, r: Tensor, angle: Tensor) -> Tensor:
     """Signed distances (pixels, negative inside) of every shape in :data:`SHAPES` order: ``(4, ...)``.
 
     ``r`` is the size (circle radius); the other shapes are scaled to similar areas.
@@ -192,14 +192,14 @@ def render(specs: list[ClipSpec] | ClipSpec, device: str | torch.device = "cpu")
     ar = torch.arange(B, device=dev)
     factor = _textures(X[None], Y[None], period, phase, n)[tex_id, ar]  # (B, H, W)
     background = bg_rgb[:, :, None, None] * factor[:, None]  # (B, 3, H, W)
-    dsdf = _shape_sdfs(X[None] - dpos[:, 0, None, None], Y[None] - dpos[:, 1, None, None],
+    dsdf = shape_sdfs(X[None] - dpos[:, 0, None, None], Y[None] - dpos[:, 1, None, None],
                        torch.full((B, 1, 1), 4.0, device=dev), torch.zeros(B, 1, 1, device=dev))[1]
     da = (0.5 - dsdf).clamp(0, 1)[:, None] * has_d[:, None, None, None]
     grey = torch.tensor(DISTRACTOR_COLOUR, device=dev, dtype=torch.float32)[None, :, None, None] / 255
     background = background * (1 - da) + grey * da
     px = X[None, None] - centres[..., 0, None, None]  # (B, F, H, W)
     py = Y[None, None] - centres[..., 1, None, None]
-    sdf = _shape_sdfs(px, py, radii[..., None, None], angle)[shape_id, ar]  # (B, F, H, W)
+    sdf = shape_sdfs(px, py, radii[..., None, None], angle)[shape_id, ar]  # (B, F, H, W)
     alpha = (0.5 - sdf).clamp(0, 1)[:, :, None]
     frames = background[:, None] * (1 - alpha) + obj_rgb[:, None, :, None, None] * alpha
     return frames.clamp(0, 1) * 2 - 1, (sdf < 0)[:, :, None]
