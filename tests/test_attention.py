@@ -275,7 +275,10 @@ def test_unet_level_sizes_match_the_unets_feature_maps_at_any_latent_size(tiny_m
     latent, where the UNet has 3 x 3."""
     from videodirector.attention.control import unet_level_hw
 
+    from videodirector.attention.control import LocalBlend
+
     assert unet_level_hw((90, 160), 2) == (23, 40) and unet_level_hw((5, 6), 1) == (3, 3)
+    assert LocalBlend([1], [1], (90, 160)).wants(23 * 40)  # the blend's layers at a 720p latent
     unet = tiny_models.unet
     seen: set[int] = set()
     hooks = [mod.register_forward_hook(lambda mod, args, kwargs, out: seen.add(args[0].shape[1]), with_kwargs=True)

@@ -96,6 +96,21 @@ def test_existing_output_is_not_overwritten(tiny_paths, inputs, capsys, monkeypa
     assert code == 2 and "--overwrite" in err and (inputs / "out" / "keep.txt").read_text() == "mine"
 
 
+def test_command_line_config_is_validated_as_the_method_runs_it(tmp_path):
+    """``--renoise`` with ``vd-mask-blend`` (whose settings switch the blend on) is valid; with the full method it
+    is one line. ``--edit-weight`` alone reweights the words a config file names."""
+    from videodirector.errors import UserError
+
+    cfg = cli._config(None, cli._overrides(renoise=True), "vd-mask-blend")
+    assert cfg.control.mask_blend and cfg.control.mask_blend_renoise
+    with pytest.raises(UserError, match="needs control.mask_blend"):
+        cli._config(None, cli._overrides(renoise=True), "videodirector")
+    (tmp_path / "c.yaml").write_text("prompts: {equalizer_words: [blue, circle], equalizer_values: [1, 1]}\n")
+    flags = cli._overrides(edit_weight=2.0)
+    assert cli._config(tmp_path / "c.yaml", flags, "videodirector").prompts.equalizer_values == [2.0, 2.0]
+    assert flags["prompts.equalizer_values"] == [2.0, 2.0]  # what the Editor applies again
+
+
 def test_edit_weight_zero_is_a_weight():
     """``--edit-weight 0`` removes the words' attention (a valid weight), it does not fall back to 1."""
     over = cli._overrides(edit_words="blue, circle", edit_weight=0.0)

@@ -686,6 +686,11 @@ def test_staged_entries_replace_only_what_the_export_writes(tmp_path: Path) -> N
             raise RuntimeError("export failed")
     assert (dest / "sd" / "unet.bin").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
+    assert sorted(p.name for p in dest.iterdir()) == ["i2v", "sd", "training.json"]  # no staging folder inside
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputLocationError, match="is a file"):
+        with staged_entries(tmp_path / "file"):
+            pass
     with staged_entries(tmp_path / "fresh") as staged:  # a destination that does not exist yet
         (staged / "training.json").write_text("{}")
     assert (tmp_path / "fresh" / "training.json").is_file()

@@ -250,7 +250,7 @@ class Editor:
             contact_sheet({"source": src, "edited": edited, "mask": overlay, **rows}, tmp / "contact_sheet.png")
             write_json(tmp / "result.json", {
                 "method": self.method_name, "source_prompt": inversion.meta.get("source_prompt"),
-                "target_prompt": result.target_prompt, "seed": self.cfg.seed,
+                "target_prompt": result.target_prompt, "seed": self.cfg.seed, "fps": fps,
                 "reconstruction_psnr": round(recon_psnr, 3),
                 "reconstruction_psnr_note": "dB, the decoded end of the inversion trajectory against the source frames",
                 "config": self.cfg.to_dict(),

@@ -182,6 +182,8 @@ _KEYS = {
     "temporal_window": "video_p2p.temporal_replace_steps", "frame_attention": "video_p2p.frame_attention",
     "iterations": "assd.iterations", "lr": "assd.lr", "t2v": "assd.t2v", "t2v_model": "assd.t2v_model",
 }
+EDIT_WEIGHT_ALONE = "--edit-weight"
+"""Where ``_overrides`` keeps an ``--edit-weight`` given without ``--edit-words`` until the config's words are known."""
 _OFF_FLAGS = {"no_smoothing": "assd.smoothing", "no_fusion": "assd.fusion", "no_sd_guidance": "assd.sd_guidance"}
 """Flags that switch a method's component off (``--no-fusion`` sets ``assd.fusion: false``)."""
 
@@ -223,9 +225,8 @@ def _overrides(**kw: Any) -> dict[str, Any]:
         weight = kw.get("edit_weight")
         out["prompts.equalizer_words"] = words
         out["prompts.equalizer_values"] = [float(1.0 if weight is None else weight)] * len(words)
-    elif kw.get("edit_weight") is not None:
-        raise UserError("--edit-weight sets the cross-attention weight of --edit-words; name the words too, "
-                        "e.g. --edit-words tiger --edit-weight 2")
+    elif kw.get("edit_weight") is not None:  # for the words a config file names: resolved by _config
+        out[EDIT_WEIGHT_ALONE] = kw["edit_weight"]
     if kw.get("stdg"):
         out["stdg.coefficients"] = _numbers("--stdg", kw["stdg"], 4)
     if kw.get("blend_words"):
@@ -253,25 +254,28 @@ def _overrides(**kw: Any) -> dict[str, Any]:
     return out
 
 
-def _check_frames(cfg: Any, method: str) -> None:
-    """The method's own frame limit (AnimateDiff's 32; I2VEdit more), before the video is read."""
-    from .methods import catalog  # noqa: F401  (registers every method)
+def _config(config: Optional[Path], overrides: dict[str, Any], method: str):  # noqa: ANN202
+    """The run's settings, validated as the method will run them: the YAML (ours or official) or the defaults,
+    then the method's own settings (a variant's), then the options, which win. Weights given on the command
+    line (``--bundled``, ``--base``) replace a YAML's single-file checkpoint (the official ``dreambooth_path``)
+    unless ``--single-file`` is given too."""
+    from .api import method_config
+    from .config import EditConfig, apply_overrides, load_config, validate
     from .methods.base import check_frames
 
-    check_frames(cfg.input.num_frames, method)
-
-
-def _config(config: Optional[Path], overrides: dict[str, Any]):  # noqa: ANN202
-    """The run's settings: the YAML (ours or official) or the defaults, then the options. Weights given on
-    the command line (``--bundled``, ``--base``) replace a YAML's single-file checkpoint (the official
-    ``dreambooth_path``) unless ``--single-file`` is given too."""
-    from .config import EditConfig, apply_overrides, load_config, validate
-    from .methods import catalog  # noqa: F401  (registers the methods' settings sections)
-
-    cfg = load_config(config, overrides) if config else apply_overrides(EditConfig(), overrides)
+    weight = overrides.pop(EDIT_WEIGHT_ALONE, None)
+    cfg = load_config(config, check=False) if config else EditConfig()
+    cfg = apply_overrides(method_config(method, cfg), overrides)
+    if weight is not None:  # --edit-weight for the config's own --edit-words
+        if not cfg.prompts.equalizer_words:
+            raise UserError("--edit-weight sets the cross-attention weight of --edit-words; name the words too, "
+                            "e.g. --edit-words tiger --edit-weight 2")
+        overrides["prompts.equalizer_values"] = [float(weight)] * len(cfg.prompts.equalizer_words)
+        cfg = apply_overrides(cfg, {"prompts.equalizer_values": overrides["prompts.equalizer_values"]})
     if "model.single_file" not in overrides and ("model.base" in overrides):
         cfg.model.single_file = None
     validate(cfg)
+    check_frames(cfg.input.num_frames, method)  # the method's own limit (AnimateDiff's 32; I2VEdit more)
     return cfg
 
 
@@ -316,7 +320,13 @@ def _first_frame_from_text(cfg: Any, frame: Any, prompt: str, given: bool) -> tu
         edited = edit_first_frame(cfg, frame, cfg.prompts.source, prompt, progress=cb)
     folder = tempfile.mkdtemp(prefix="videodirector-first-frame-")
     path = Path(folder) / "first_frame.png"
-    Image.fromarray(to_uint8(edited[None].cpu())[0]).save(path)
+    try:
+        Image.fromarray(to_uint8(edited[None].cpu())[0]).save(path)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return apply_overrides(cfg, {"i2vedit.first_frames": [str(path)]}), folder
 
 
@@ -489,8 +499,7 @@ def edit(
     _threads(threads)
     method = _method(method, config)
     flags = _overrides(**locals())
-    cfg = _config(config, flags)
-    _check_frames(cfg, method)
+    cfg = _config(config, flags, method)
     if _needs_prompts(method):
         _require_prompts(cfg, target=True)
     _preflight(out, overwrite, cache_dir, use_cache=not no_cache, inputs=(cfg.input.video, cfg.input.masks))
@@ -550,8 +559,7 @@ def invert(
     _threads(threads)
     method = _method(method, config)
     flags = _overrides(**locals())
-    cfg = _config(config, flags)
-    _check_frames(cfg, method)
+    cfg = _config(config, flags, method)
     if _needs_prompts(method):
         _require_prompts(cfg, target=False)
     _preflight(None, False, cache_dir)

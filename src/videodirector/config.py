@@ -561,8 +561,9 @@ def from_official(data: dict[str, Any], base_dir: Path | None = None) -> EditCon
     return from_dict(EditConfig, out)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EditConfig:
-    """Load our YAML format or an official VideoDirector YAML, then apply dotted overrides."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check: bool = True) -> EditConfig:
+    """Load our YAML format or an official VideoDirector YAML, then apply dotted overrides; ``check=False``
+    leaves :func:`validate` to the caller (the CLI validates once a method's own settings are applied too)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p} (give the path to a YAML file)")
@@ -586,7 +587,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ed
                 setattr(cfg.input, attr, str(p.parent / v))
     if overrides:
         cfg = apply_overrides(cfg, overrides)
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 

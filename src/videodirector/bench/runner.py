@@ -223,7 +223,7 @@ def _stored_record(f: Path, settings: dict[str, Any]) -> dict[str, Any]:
     rec = json.loads(f.read_text())
     made = rec.get("bench_settings")
     if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(settings)):
-        differ = sorted(k for k in settings if made.get(k) != json.loads(json.dumps(settings[k])))
+        differ = sorted(k for k in {*settings, *made} if made.get(k) != json.loads(json.dumps(settings.get(k))))
         raise UserError(f"{f} was made with other bench settings ({', '.join(f'{k} {made.get(k)!r}' for k in differ)}); "
                         f"use another --results folder, or the same settings to resume it")
     return rec

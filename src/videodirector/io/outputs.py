@@ -332,24 +332,31 @@ def _commit(tmp: Path, out: Path, own_files: Collection[str], inputs: list, flag
 
 @contextmanager
 def staged_entries(dest: str | Path) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``dest``; when the block succeeds, each entry written there
-    replaces the entry of the same name in ``dest`` (created if missing), one rename each, and every other
-    entry of ``dest`` stays. On failure the staging folder goes and ``dest`` is untouched. For exports into a
-    folder that holds more than the export (the package's ``weights/`` holds both bundled models)."""
+    """Yield an empty staging folder inside the folder ``dest`` (created if missing); when the block succeeds,
+    each entry written there replaces the entry of the same name in ``dest`` (two renames in one folder: the
+    old entry aside, the new one into place; the old one is put back if the second fails), and every other
+    entry of ``dest`` stays. On failure the staging folder goes and ``dest`` keeps its entries. For exports
+    into a folder that holds more than the export (the package's ``weights/`` holds both bundled models)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staged = dest.parent / f".{dest.name or 'dest'}.staged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if dest.exists() and not dest.is_dir():
+        raise OutputLocationError(f"{dest} is a file; export into a folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    staged = dest / f".staged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staged.mkdir()
     try:
         yield staged
-        dest.mkdir(exist_ok=True)
         for entry in sorted(staged.iterdir()):
-            target = dest / entry.name
-            old = dest / f".{entry.name}.old-{uuid.uuid4().hex[:8]}"
-            if os.path.lexists(target):
+            target, old = dest / entry.name, dest / f".{entry.name}.old-{uuid.uuid4().hex[:8]}"
+            had = os.path.lexists(target)
+            if had:
                 os.replace(target, old)
-            os.replace(entry, target)
-            if os.path.lexists(old):
+            try:
+                os.replace(entry, target)
+            except BaseException:
+                if had:
+                    os.replace(old, target)
+                raise
+            if had:
                 shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     finally:
         shutil.rmtree(staged, ignore_errors=True)

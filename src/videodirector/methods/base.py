@@ -280,7 +280,8 @@ MODEL_LOADERS: dict[str, Callable[[Any], Any]] = {}
 """Methods whose models are not the AnimateDiff bundle: name -> ``loader(cfg: EditConfig)`` (the API calls it
 instead of ``models.loading.load_models(cfg.model)``)."""
 ANIMATEDIFF_MAX_FRAMES = 32
-"""AnimateDiff's motion modules have positional encodings for 32 frames."""
+"""AnimateDiff's motion modules have positional encodings for 32 frames; the other text-to-video methods keep
+the same limit."""
 MAX_FRAMES: dict[str, int] = {}
 """Frames a method takes, where it is not AnimateDiff's 32 (I2VEdit cuts videos into clips)."""
 
@@ -300,10 +301,7 @@ def check_frames(num_frames: int, method: str) -> None:
     """One line before any work when ``method`` cannot take ``num_frames`` frames."""
     limit = MAX_FRAMES.get(method, ANIMATEDIFF_MAX_FRAMES)
     if not 1 <= num_frames <= limit:
-        if limit == ANIMATEDIFF_MAX_FRAMES:
-            raise ConfigError(f"input.num_frames={num_frames}: AnimateDiff's motion modules take 1 to "
-                              f"{ANIMATEDIFF_MAX_FRAMES} frames; use --frames 16")
-        raise ConfigError(f"input.num_frames={num_frames}: {method} takes 1 to {limit} frames")
+        raise ConfigError(f"input.num_frames={num_frames}: {method} takes 1 to {limit} frames; use --frames 16")
 
 
 def method_names() -> list[str]:
