@@ -92,11 +92,12 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def method_config(name: str, cfg: EditConfig) -> EditConfig:
-    """``cfg`` with the overrides of the registered method or variant ``name``."""
+def method_config(name: str, cfg: EditConfig, overrides: dict[str, Any] | None = None) -> EditConfig:
+    """``cfg`` with the registered settings of the method or variant ``name``, then ``overrides`` (one edit's
+    own settings), which win where both name a key."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return apply_overrides(cfg, METHODS[name][1])
+    return apply_overrides(apply_overrides(cfg, METHODS[name][1]), overrides or {})
 
 
 def oom_guard(fn):  # noqa: ANN001, ANN201
@@ -122,7 +123,7 @@ class Editor:
         """``overrides``: dotted settings of this one edit (``{"control.mask_blend_dilation": 0}``), applied
         after the method's registered ones, so they win where both name a key."""
         method = method or cfg.method or "videodirector"  # the config's method (official Video-P2P YAMLs)
-        self.cfg = apply_overrides(method_config(method, cfg), overrides or {})
+        self.cfg = method_config(method, cfg, overrides)
         check_frames(self.cfg.input.num_frames, method)  # before any model loads
         self.method_name = method
         if self.cfg.model.threads:

@@ -265,7 +265,7 @@ def _config(config: Optional[Path], overrides: dict[str, Any], method: str):  # 
 
     weight = overrides.pop(EDIT_WEIGHT_ALONE, None)
     cfg = load_config(config, check=False) if config else EditConfig()
-    cfg = apply_overrides(method_config(method, cfg), overrides)
+    cfg = method_config(method, cfg, overrides)
     if weight is not None:  # --edit-weight for the config's own --edit-words
         if not cfg.prompts.equalizer_words:
             raise UserError("--edit-weight sets the cross-attention weight of --edit-words; name the words too, "

@@ -595,6 +595,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check
 MAX_FRAME_SIDE = 2048
 """Largest frame side accepted: SD 1.5 at 2048² already needs 64× the memory of 512²."""
 MAX_SEED = 2**63 - 1
+ANIMATEDIFF_MAX_FRAMES = 32
+"""AnimateDiff's motion modules have positional encodings for 32 frames; the other text-to-video methods keep
+the same limit."""
 MAX_INPUT_FRAMES = 1024
 """The most frames any method takes (I2VEdit, in clips); each method's own limit is ``methods.base.check_frames``."""
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -634,7 +637,7 @@ def validate(cfg: EditConfig) -> None:
                           f"got {i.height}x{i.width}; use e.g. --height 512 --width 512")
     if not 1 <= i.num_frames <= MAX_INPUT_FRAMES:  # each method's own limit: methods.base.check_frames
         raise ConfigError(f"input.num_frames={i.num_frames}: use 1 to {MAX_INPUT_FRAMES} frames "
-                          "(1 to 32 frames with AnimateDiff's methods)")
+                          f"(1 to {ANIMATEDIFF_MAX_FRAMES} frames with AnimateDiff's methods)")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed={cfg.seed} is out of range: use an integer from 0 to 2**63-1 (default 42)")
     m = cfg.model

@@ -123,7 +123,7 @@ def case_overrides(method: str, case: Case) -> dict[str, Any]:
 
 def case_config(base: EditConfig, method: str, case: Case) -> EditConfig:
     """The configuration ``method`` runs ``case`` with: what ``api.Editor`` builds from the same arguments."""
-    return apply_overrides(method_config(method, base), case_overrides(method, case))
+    return method_config(method, base, case_overrides(method, case))
 
 
 def inversion_key(cfg: EditConfig, method: str | None = None) -> str:
@@ -221,21 +221,21 @@ def _stored_record(f: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """A finished case's file, refused in one line when it was made with other settings (files written before
     the settings were stored are taken as they are)."""
     rec = json.loads(f.read_text())
-    made = rec.get("bench_settings")
-    if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(settings)):
-        differ = sorted(k for k in {*settings, *made} if made.get(k) != json.loads(json.dumps(settings.get(k))))
+    made, want = rec.get("bench_settings"), json.loads(json.dumps(settings))  # as stored: lists, not tuples
+    if made is not None and made != want:
+        differ = sorted(k for k in {*want, *made} if made.get(k) != want.get(k))
         raise UserError(f"{f} was made with other bench settings ({', '.join(f'{k} {made.get(k)!r}' for k in differ)}); "
                         f"use another --results folder, or the same settings to resume it")
     return rec
 
 
 def _run_and_store(models, base: EditConfig, method: str, case: Case, f: Path,  # noqa: ANN001
-                   shared: dict | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                   shared: dict | None, settings: dict[str, Any]) -> dict[str, Any]:
     """Run one case and write its JSON and its strip row (4 frames side by side, ``.png``) atomically."""
     scores, edited = run_case(models, base, method, case, shared)
     rec = {"case": case.id, "kind": case.kind, "source": case.source.caption(), "target": case.target.caption(),
            "null_inner_steps": base.inversion.null_inner_steps, **scores,
-           "bench_settings": settings if settings is not None else bench_settings(base)}
+           "bench_settings": settings}
     f.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(np.concatenate(list(edited[:: max(1, len(edited) // 4)]), 1)).save(buf, format="png")

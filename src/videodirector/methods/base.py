@@ -19,6 +19,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..config import ANIMATEDIFF_MAX_FRAMES
 from ..errors import CacheEntryError, ConfigError
 
 Progress = Callable[[str, int, int], None]
@@ -279,9 +280,6 @@ METHODS: dict[str, tuple[MethodFactory, dict[str, Any], str]] = {}
 MODEL_LOADERS: dict[str, Callable[[Any], Any]] = {}
 """Methods whose models are not the AnimateDiff bundle: name -> ``loader(cfg: EditConfig)`` (the API calls it
 instead of ``models.loading.load_models(cfg.model)``)."""
-ANIMATEDIFF_MAX_FRAMES = 32
-"""AnimateDiff's motion modules have positional encodings for 32 frames; the other text-to-video methods keep
-the same limit."""
 MAX_FRAMES: dict[str, int] = {}
 """Frames a method takes, where it is not AnimateDiff's 32 (I2VEdit cuts videos into clips)."""
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +139,6 @@ class I2VEditSettings:
     """Also sample the inversion back without guidance (the reconstruction in result.json); otherwise the
     reconstruction is the VAE round trip of the inversion input."""
 
-    MAX_FRAMES: ClassVar[int] = MAX_INPUT_FRAMES
-    """Frames a run may take (``input.num_frames``): the video is cut into clips, so more than SVD's 14 or
-    AnimateDiff's 32."""
 
     def inversion_settings(self) -> dict[str, Any]:
         """What stage 1 (inversion and motion LoRAs) reads of these settings: part of the cache key."""
@@ -1292,7 +1289,8 @@ _make.needs_prompts = False  # type: ignore[attr-defined]
 
 def _register(name: str, overrides: dict[str, Any] | None, doc: str) -> None:
     """Register a name, with Stable Video Diffusion as its models (the API loads them with ``load_models``)."""
-    register(name, _make, overrides, doc, loader=I2VEdit.load_models, max_frames=I2VEditSettings.MAX_FRAMES)
+    register(name, _make, overrides, doc, loader=I2VEdit.load_models,
+             max_frames=MAX_INPUT_FRAMES)  # the video is cut into clips: more than SVD's 14 or AnimateDiff's 32
 
 
 _register("i2vedit", None, "I2VEdit, full method (official-code defaults; needs --first-frame)")
